@@ -1,0 +1,37 @@
+"""xnor_larq: XNOR-Net, Binary-Weight-Networks and BNN for Keras, on Larq.
+
+Importing this package selects Keras 2 (``tf-keras``) for TensorFlow before
+TensorFlow loads, so ``import xnor_larq`` gives a working Larq with no
+environment variable to set.
+"""
+
+from ._keras2 import check_keras_version, ensure_legacy_keras
+
+ensure_legacy_keras()
+
+import larq  # noqa: E402  (must follow ensure_legacy_keras)
+
+check_keras_version()
+
+from . import layers, modes, quantizers  # noqa: E402
+from .layers import ScaledQuantConv2D, ScaledQuantDense, input_scaling_map  # noqa: E402
+from .modes import MODES, binary_layer_kwargs  # noqa: E402
+from .quantizers import ScaledSign, StochasticSign, scaled_sign, stochastic_sign  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MODES",
+    "ScaledQuantConv2D",
+    "ScaledQuantDense",
+    "ScaledSign",
+    "StochasticSign",
+    "binary_layer_kwargs",
+    "input_scaling_map",
+    "larq",
+    "layers",
+    "modes",
+    "quantizers",
+    "scaled_sign",
+    "stochastic_sign",
+]

@@ -1,0 +1,58 @@
+"""Make sure TensorFlow resolves ``tf.keras`` to Keras 2 (``tf-keras``) for Larq.
+
+Larq is written against Keras 2. TensorFlow >= 2.16 hands out Keras 3 as
+``tf.keras`` unless ``TF_USE_LEGACY_KERAS`` is set *before* ``tf.keras`` is
+first touched. This module sets it, and refuses to go on when it is too late.
+"""
+
+import os
+import sys
+
+_ENV = "TF_USE_LEGACY_KERAS"
+_TRUE = ("1", "true", "True")
+
+_HOW_TO_FIX = (
+    "xnor_larq (like Larq) needs Keras 2, which TensorFlow provides through the "
+    "`tf-keras` package when the environment variable TF_USE_LEGACY_KERAS=1 is "
+    "set before TensorFlow loads. Fix: import xnor_larq (or larq) before anything "
+    "that touches `tf.keras`, or run `export TF_USE_LEGACY_KERAS=1` before "
+    "starting Python (in a notebook: restart the kernel and make "
+    "`import xnor_larq` the first import)."
+)
+
+
+def ensure_legacy_keras() -> None:
+    """Select Keras 2 for TensorFlow, or raise ImportError saying what to do."""
+    value = os.environ.get(_ENV)
+    if value is not None and value not in _TRUE:
+        raise ImportError(
+            f"{_ENV}={value!r} asks TensorFlow for Keras 3. {_HOW_TO_FIX}"
+        )
+    os.environ[_ENV] = "1"
+
+    tf = sys.modules.get("tensorflow")
+    if tf is None:
+        return
+    # TensorFlow is already imported: fine as long as `tf.keras` has not yet
+    # been resolved, because its lazy loader reads the variable on first use.
+    loader = tf.__dict__.get("keras")
+    if getattr(loader, "_tfll_initialized", False):
+        version = getattr(loader, "_tfll_keras_version", None)
+        if version != "tf_keras":
+            raise ImportError(
+                f"TensorFlow was imported and `tf.keras` already resolved to "
+                f"{version or 'Keras 3'}. {_HOW_TO_FIX}"
+            )
+
+
+def check_keras_version() -> None:
+    """Fail clearly if ``tf.keras`` still is not Keras 2 after ensure_legacy_keras."""
+    import tensorflow as tf
+
+    module = tf.keras.layers.Layer.__module__
+    if not module.startswith("tf_keras"):
+        raise ImportError(
+            f"`tf.keras` comes from {module.split('.')[0]!r}, not from Keras 2's "
+            "`tf_keras` (is `tf-keras` installed? "
+            f"`pip install tf-keras==2.19.0`). {_HOW_TO_FIX}"
+        )

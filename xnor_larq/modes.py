@@ -1,0 +1,95 @@
+"""The paper's settings as layer arguments: change one word to switch.
+
+>>> kwargs = binary_layer_kwargs("xnor")
+>>> layer = ScaledQuantConv2D(64, 3, padding="same", **kwargs)
+
+=======  =================  =================  =========  ==========================
+mode     weights            inputs             K / β      reference
+=======  =================  =================  =========  ==========================
+fp       real               real               off        full-precision twin
+bwn      α·sign(W)          real               off        XNOR-Net paper, sec. 3.1
+xnor     α·sign(W)          sign(I)            on         XNOR-Net paper, sec. 3.2
+bnn      sign(W)            sign(I)            off        Courbariaux/Hubara 2016
+=======  =================  =================  =========  ==========================
+
+``bnn`` with ``stochastic=True`` binarizes weights and inputs stochastically
+while training (BNN eq. 2) and deterministically at inference.
+"""
+
+from __future__ import annotations
+
+from .quantizers import BACKWARD_MODES
+
+__all__ = ["MODES", "binary_layer_kwargs"]
+
+MODES = ("fp", "bwn", "xnor", "bnn")
+
+
+def _quantizer(class_name: str, **config):
+    # A config dict rather than an instance: one kwargs dict can then build many
+    # layers, each with its own quantizer.
+    return {"class_name": class_name, "config": config}
+
+
+def binary_layer_kwargs(
+    mode: str,
+    *,
+    input_scaling: bool | None = None,
+    stochastic: bool = False,
+    backward: str = "paper",
+    per_channel: bool = True,
+    clip_value: float = 1.0,
+    seed: int | None = None,
+) -> dict:
+    """Keyword arguments for ``ScaledQuantConv2D``/``ScaledQuantDense`` in a mode.
+
+    Arguments:
+        mode: one of ``"fp"``, ``"bwn"``, ``"xnor"``, ``"bnn"`` (see module doc).
+        input_scaling: override whether K (β) is applied; by default only
+            ``xnor`` uses it. ``binary_layer_kwargs("xnor", input_scaling=False)``
+            is XNOR-Net without K, the paper's ablation.
+        stochastic: ``bnn`` only: stochastic binarization of weights and inputs.
+        backward: the scaled sign's backward pass (``bwn``/``xnor``).
+        per_channel: one α per output channel (True) or per layer (False).
+        clip_value: straight-through-estimator clip for every quantizer.
+        seed: ``bnn`` with ``stochastic=True`` only: the quantizers' op seed.
+
+    Returns:
+        A dict with ``input_quantizer``, ``kernel_quantizer``,
+        ``kernel_constraint`` and ``input_scaling``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
+    if backward not in BACKWARD_MODES:
+        raise ValueError(
+            f"`backward` must be one of {BACKWARD_MODES}. Received: backward={backward!r}"
+        )
+    if stochastic and mode != "bnn":
+        raise ValueError(
+            "`stochastic=True` is BNN's binarization and needs mode='bnn'. "
+            f"Received: mode={mode!r}"
+        )
+    if seed is not None and not stochastic:
+        raise ValueError("`seed` only applies with stochastic=True.")
+
+    scaled_sign = _quantizer(
+        "ScaledSign", per_channel=per_channel, backward=backward, clip_value=clip_value
+    )
+
+    def sign():
+        if stochastic:
+            return _quantizer("StochasticSign", clip_value=clip_value, seed=seed)
+        return _quantizer("SteSign", clip_value=clip_value)
+
+    if mode == "fp":
+        kwargs = {"input_quantizer": None, "kernel_quantizer": None, "kernel_constraint": None}
+    elif mode == "bwn":
+        kwargs = {"input_quantizer": None, "kernel_quantizer": scaled_sign}
+    elif mode == "xnor":
+        kwargs = {"input_quantizer": sign(), "kernel_quantizer": scaled_sign}
+    else:  # bnn
+        kwargs = {"input_quantizer": sign(), "kernel_quantizer": sign()}
+    if mode != "fp":
+        kwargs["kernel_constraint"] = "weight_clip"
+    kwargs["input_scaling"] = (mode == "xnor") if input_scaling is None else input_scaling
+    return kwargs
