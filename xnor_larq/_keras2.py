@@ -14,8 +14,8 @@ _TRUE = ("1", "true", "True")
 _HOW_TO_FIX = (
     "xnor_larq (like Larq) needs Keras 2, which TensorFlow provides through the "
     "`tf-keras` package when the environment variable TF_USE_LEGACY_KERAS=1 is "
-    "set before TensorFlow loads. Fix: import xnor_larq (or larq) before anything "
-    "that touches `tf.keras`, or run `export TF_USE_LEGACY_KERAS=1` before "
+    "set before TensorFlow loads. Fix: make `import xnor_larq` come before "
+    "`import tensorflow` (and before larq), or run `export TF_USE_LEGACY_KERAS=1` before "
     "starting Python (in a notebook: restart the kernel and make "
     "`import xnor_larq` the first import)."
 )
@@ -31,18 +31,13 @@ def ensure_legacy_keras() -> None:
     os.environ[_ENV] = "1"
 
     tf = sys.modules.get("tensorflow")
-    if tf is None:
-        return
-    # TensorFlow is already imported: fine as long as `tf.keras` has not yet
-    # been resolved, because its lazy loader reads the variable on first use.
-    loader = tf.__dict__.get("keras")
-    if getattr(loader, "_tfll_initialized", False):
-        version = getattr(loader, "_tfll_keras_version", None)
-        if version != "tf_keras":
-            raise ImportError(
-                f"TensorFlow was imported and `tf.keras` already resolved to "
-                f"{version or 'Keras 3'}. {_HOW_TO_FIX}"
-            )
+    # TensorFlow reads the variable once, at its own import; Larq then needs both
+    # `tf.keras` and the `tensorflow.keras` module path to point at tf-keras.
+    if tf is not None and not tf.__dict__.get("_tf_uses_legacy_keras", False):
+        raise ImportError(
+            "TensorFlow was imported before xnor_larq without TF_USE_LEGACY_KERAS=1, "
+            f"so it serves Keras 3. {_HOW_TO_FIX}"
+        )
 
 
 def check_keras_version() -> None:
