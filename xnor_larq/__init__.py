@@ -13,7 +13,7 @@ import larq  # noqa: E402  (must follow ensure_legacy_keras)
 
 check_keras_version()
 
-from . import layers, modes, quantizers  # noqa: E402
+from . import data, layers, models, modes, quantizers  # noqa: E402
 from .layers import ScaledQuantConv2D, ScaledQuantDense, input_scaling_map  # noqa: E402
 from .modes import MODES, binary_layer_kwargs  # noqa: E402
 from .quantizers import ScaledSign, StochasticSign, scaled_sign, stochastic_sign  # noqa: E402
@@ -22,6 +22,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MODES",
+    "data",
+    "models",
     "ScaledQuantConv2D",
     "ScaledQuantDense",
     "ScaledSign",

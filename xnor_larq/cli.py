@@ -1,98 +1,132 @@
-"""Command line: ``xnor-larq train`` and ``xnor-larq bench``.
+"""Command line: ``xnor-larq train``, ``xnor-larq evaluate``, ``xnor-larq bench``.
 
 ``xnor-larq train`` with no arguments trains the small XNOR-Net CNN on
-Fashion-MNIST (found locally, see ``xnor_larq.data.mnist``) and prints its test
-accuracy.
+Fashion-MNIST (found locally: --data-dir, Keras's cache, then Debian's
+dataset-fashion-mnist) and prints its test accuracy.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _train(args):
-    import xnor_larq  # noqa: F401
-    import tensorflow as tf  # isort: skip
+def _optional_float(text):
+    return None if text.lower() == "none" else float(text)
 
-    from xnor_larq import training
-    from xnor_larq.data import load_idx_dataset
-    from xnor_larq.models import get_builder
 
-    builder = get_builder(args.model)
-    tf.keras.utils.set_random_seed(args.seed)
-    (x_train, y_train), (x_test, y_test) = load_idx_dataset(args.dataset, args.data_dir)
-    if args.train_subset:
-        x_train, y_train = x_train[: args.train_subset], y_train[: args.train_subset]
-    if args.batch_size > len(x_train):
-        raise SystemExit(
-            f"--batch-size {args.batch_size} is larger than the {len(x_train)} training images"
-        )
-    train_data = training.image_pipeline(x_train, y_train, batch_size=args.batch_size,
-                                         training=True, seed=args.seed)
-    test_data = training.image_pipeline(x_test, y_test, batch_size=256, training=False)
-    steps = args.epochs * (len(x_train) // args.batch_size)
-
-    model = builder(mode=args.mode, num_classes=int(y_train.max()) + 1,
-                    input_shape=(*x_train.shape[1:], 1))
-    optimizer = training.make_optimizer(
-        args.optimizer, training.learning_rate_schedule(args.schedule, args.lr, steps)
-    )
-    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    verbose = 1 if sys.stdout.isatty() else 2
-    with training.Timer() as timer:
-        model.fit(train_data, epochs=args.epochs, validation_data=test_data, verbose=verbose)
-    _, accuracy = model.evaluate(test_data, verbose=0)
-    devices = [d.name for d in tf.config.list_logical_devices() if d.device_type != "CPU"]
-    print(f"test accuracy: {accuracy:.4f}  ({args.model}, mode={args.mode}, "
-          f"{args.epochs} epochs, {timer.seconds:.0f} s, devices: {devices or ['CPU']})")
-    return accuracy
+def _add_common(parser):
+    parser.add_argument("--dataset", default="fashion_mnist",
+                        help="fashion_mnist, mnist, cifar10, cifar100, imagenet or synthetic")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder with the dataset's files (searched first)")
+    parser.add_argument("--batch-size", type=int, default=128,
+                        help="the global batch, split over the replicas")
+    parser.add_argument("--image-size", type=int, default=224, help="ImageNet crop size")
 
 
 def build_parser():
+    from xnor_larq.training import OPTIMIZERS, SCHEDULES, STRATEGIES, TrainConfig
+
+    defaults = TrainConfig()
     parser = argparse.ArgumentParser(prog="xnor-larq", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train a model and print its test accuracy")
-    train.add_argument("--model", default="small_cnn")
-    train.add_argument("--dataset", default="fashion_mnist", choices=["fashion_mnist", "mnist"])
-    train.add_argument("--mode", default="xnor", choices=["fp", "bwn", "xnor", "bnn"])
-    train.add_argument("--epochs", type=int, default=2)
-    train.add_argument("--batch-size", type=int, default=128)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--optimizer", default="adam", choices=["adam", "sgd", "bop"])
-    train.add_argument("--schedule", default="cosine", choices=["constant", "cosine", "step"])
-    train.add_argument("--data-dir", default=None)
+    train = commands.add_parser("train", help="train (or resume) a model, print its test accuracy")
+    train.add_argument("--model", default=defaults.model,
+                       help="small_cnn, nin, binarynet_vgg, alexnet, resnet18, googlenet, "
+                            "or zoo:<LarqZooModel> (e.g. zoo:XNORNet)")
+    _add_common(train)
+    train.add_argument("--mode", default=defaults.mode, choices=["fp", "bwn", "xnor", "bnn"])
+    scaling = train.add_mutually_exclusive_group()
+    scaling.add_argument("--input-scaling", dest="input_scaling", action="store_true",
+                         default=None, help="force XNOR-Net's K on")
+    scaling.add_argument("--no-input-scaling", dest="input_scaling", action="store_false",
+                         help="turn K off (the ablation)")
+    train.add_argument("--stochastic", action="store_true",
+                       help="BNN's stochastic binarization (with --mode bnn)")
+    train.add_argument("--epochs", type=int, default=defaults.epochs)
+    train.add_argument("--lr", type=float, default=defaults.lr)
+    train.add_argument("--optimizer", default=defaults.optimizer, choices=OPTIMIZERS)
+    train.add_argument("--schedule", default=defaults.schedule, choices=SCHEDULES)
+    train.add_argument("--weight-clip", type=_optional_float, default=defaults.weight_clip,
+                       help="clip latent binary weights to [-v, v] (none: no clip)")
+    train.add_argument("--augment", default=None, choices=["none", "shift", "crop_flip"],
+                       help="default: crop_flip for CIFAR, none for the 28x28 sets")
     train.add_argument("--train-subset", type=int, default=0,
                        help="use only the first N training images (0: all)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--strategy", default=defaults.strategy, choices=STRATEGIES,
+                       help="mirrored: all local GPUs (or the CPU); multi-worker: "
+                            "MultiWorkerMirroredStrategy from TF_CONFIG")
+    train.add_argument("--devices", nargs="+", default=[],
+                       help="devices for --strategy mirrored, e.g. /gpu:0 /gpu:1")
+    train.add_argument("--output-dir", default=defaults.output_dir,
+                       help="checkpoints, history.csv, TensorBoard logs, model.keras and "
+                            "report.json; rerun the same command to resume")
+    train.add_argument("--weights", default=None, help="a local weights file to start from")
     train.set_defaults(func=_train)
 
-    bench = commands.add_parser("bench", help="benchmarks")
+    evaluate = commands.add_parser("evaluate", help="test accuracy of a saved model")
+    evaluate.add_argument("model_file", help="a model saved by `xnor-larq train` (.keras)")
+    _add_common(evaluate)
+    evaluate.set_defaults(func=_evaluate)
+
+    bench = commands.add_parser("bench", help="benchmarks (see their --help)")
     bench.add_argument("suite", choices=["layer-speed"])
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
     return parser
 
 
+def _config_from_args(args):
+    from xnor_larq.training import TrainConfig
+
+    fields = TrainConfig.__dataclass_fields__
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    if values.get("augment") == "none":
+        values["augment"] = ""
+    return TrainConfig(**values)
+
+
+def _train(args):
+    from xnor_larq.training import train
+
+    report = train(_config_from_args(args))
+    print(f"test accuracy: {report['test_accuracy']:.4f}  ({report['model']}, "
+          f"mode={report['mode']}, {report['epochs']} epochs, "
+          f"{report['wall_time_s']:.0f} s of training, devices: {report['devices']})")
+    print(f"report: {os.path.join(args.output_dir, 'report.json')}")
+
+
+def _evaluate(args):
+    from xnor_larq.training import evaluate
+
+    print(json.dumps(evaluate(args.model_file, _config_from_args(args)), indent=2))
+
+
 def _bench(args):
     from xnor_larq.benchmarks import layer_speed
 
-    return layer_speed.main(args.rest)
+    layer_speed.main(args.rest)
 
 
 def main(argv=None):
+    import xnor_larq  # noqa: F401  (Keras 2 before TensorFlow)
+    from xnor_larq.data import CorruptDataError, DatasetNotFoundError
+
     args = build_parser().parse_args(argv)
-    for name in ("epochs", "batch_size", "train_subset"):
-        value = getattr(args, name, None)
-        if value is not None and value < (0 if name == "train_subset" else 1):
-            raise SystemExit(f"--{name.replace('_', '-')} must be positive. Received: {value}")
-    args.func(args)
+    try:
+        args.func(args)
+    except (ValueError, DatasetNotFoundError, CorruptDataError, FileNotFoundError) as error:
+        print(f"xnor-larq {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

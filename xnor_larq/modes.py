@@ -39,6 +39,7 @@ def binary_layer_kwargs(
     backward: str = "paper",
     per_channel: bool = True,
     clip_value: float = 1.0,
+    weight_clip: float | None = 1.0,
     seed: int | None = None,
 ) -> dict:
     """Keyword arguments for ``ScaledQuantConv2D``/``ScaledQuantDense`` in a mode.
@@ -52,6 +53,8 @@ def binary_layer_kwargs(
         backward: the scaled sign's backward pass (``bwn``/``xnor``).
         per_channel: one α per output channel (True) or per layer (False).
         clip_value: straight-through-estimator clip for every quantizer.
+        weight_clip: latent binary weights are clipped to ``[-weight_clip,
+            weight_clip]`` after each update (Larq's WeightClip); None: no clip.
         seed: ``bnn`` with ``stochastic=True`` only: the quantizers' op seed.
 
     Returns:
@@ -90,6 +93,9 @@ def binary_layer_kwargs(
     else:  # bnn
         kwargs = {"input_quantizer": sign(), "kernel_quantizer": sign()}
     if mode != "fp":
-        kwargs["kernel_constraint"] = "weight_clip"
+        kwargs["kernel_constraint"] = (
+            None if weight_clip is None
+            else {"class_name": "WeightClip", "config": {"clip_value": weight_clip}}
+        )
     kwargs["input_scaling"] = (mode == "xnor") if input_scaling is None else input_scaling
     return kwargs

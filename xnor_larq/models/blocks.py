@@ -26,23 +26,68 @@ def _real_input_activation(x, kwargs):
 
 
 def batch_norm(x, momentum=0.9, epsilon=1e-4, name=None):
-    return tf.keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon, name=name)(x)
+    """BatchNormalization; synchronized across replicas when built under a
+    multi-replica strategy, so that statistics come from the global batch and a
+    distributed run computes what one device would."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return tf.keras.layers.BatchNormalization(
+        momentum=momentum, epsilon=epsilon, synchronized=replicas > 1, name=name
+    )(x)
 
 
 def binary_conv_block(x, filters, kwargs, *, kernel_size=3, strides=1, padding="same",
-                      pool=None, bn_momentum=0.9, name=None):
-    """BN → (binarize inside the conv) → binary conv → optional max-pool."""
+                      pool=None, pool_strides=None, bn_momentum=0.9, dropout=0.0,
+                      post_activation=None, name=None):
+    """BN → (binarize inside the conv) → binary conv → optional max-pool.
+
+    ``dropout`` drops the (real) conv input; ``post_activation`` (e.g. "relu",
+    as XNOR-Net-PyTorch's NIN does) follows the conv.
+    """
     x = batch_norm(x, momentum=bn_momentum)
     x = _real_input_activation(x, kwargs)
+    if dropout:
+        x = tf.keras.layers.Dropout(dropout)(x)
     x = ScaledQuantConv2D(filters, kernel_size, strides=strides, padding=padding,
                           use_bias=False, name=name, **kwargs)(x)
+    if post_activation:
+        x = tf.keras.layers.Activation(post_activation)(x)
     if pool:
-        x = tf.keras.layers.MaxPool2D(pool)(x)
+        x = tf.keras.layers.MaxPool2D(pool, strides=pool_strides, padding="same"
+                                      if pool_strides else "valid")(x)
     return x
 
 
-def binary_dense_block(x, units, kwargs, *, bn_momentum=0.9, name=None):
+def binary_dense_block(x, units, kwargs, *, bn_momentum=0.9, dropout=0.0, name=None):
     """BN → (binarize inside the layer) → binary dense."""
     x = batch_norm(x, momentum=bn_momentum)
     x = _real_input_activation(x, kwargs)
+    if dropout:
+        x = tf.keras.layers.Dropout(dropout)(x)
     return ScaledQuantDense(units, use_bias=False, name=name, **kwargs)(x)
+
+
+def float_stem(x, filters, kernel_size, *, strides=1, padding="same", bn_momentum=0.9,
+               pool=None, pool_strides=None):
+    """The full-precision first layer: conv → BN → ReLU (→ max-pool)."""
+    x = tf.keras.layers.Conv2D(filters, kernel_size, strides=strides, padding=padding,
+                               use_bias=False, name="float_conv")(x)
+    x = batch_norm(x, momentum=bn_momentum)
+    x = tf.keras.layers.Activation("relu")(x)
+    if pool:
+        x = tf.keras.layers.MaxPool2D(pool, strides=pool_strides, padding="same")(x)
+    return x
+
+
+def float_classifier(x, num_classes, *, bn_momentum=0.9, name="float_dense"):
+    """The full-precision last layer: BN → dense → softmax."""
+    x = batch_norm(x, momentum=bn_momentum)
+    x = tf.keras.layers.Dense(num_classes, name=name)(x)
+    return tf.keras.layers.Activation("softmax", dtype="float32")(x)
+
+
+def count_binary_layers(model) -> int:
+    """Layers whose kernel quantizer is 1-bit (what the docstrings count)."""
+    return sum(
+        getattr(getattr(layer, "kernel_quantizer", None), "precision", None) == 1
+        for layer in model.layers
+    )

@@ -1,0 +1,79 @@
+"""Every model builds in every mode and trains one step on synthetic data."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from xnor_larq import models
+from xnor_larq.layers import ScaledQuantConv2D, ScaledQuantDense
+
+MODES = ["fp", "bwn", "xnor", "bnn"]
+SMALL_INPUTS = {  # small inputs keep the ImageNet models cheap in CI
+    "small_cnn": (28, 28, 1),
+    "nin": (32, 32, 3),
+    "binarynet_vgg": (32, 32, 3),
+    "alexnet": (64, 64, 3),
+    "resnet18": (64, 64, 3),
+    "googlenet": (64, 64, 3),
+}
+EXTRA = {"binarynet_vgg": {"width": 16}}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", list(models.BUILDERS))
+def test_builds_and_trains_one_step(name, mode, rng):
+    input_shape = SMALL_INPUTS[name]
+    model = models.get_builder(name)(mode=mode, num_classes=5, input_shape=input_shape,
+                                     **EXTRA.get(name, {}))
+    assert model.output_shape == (None, 5)
+    expected_binary = 0 if mode == "fp" else models.BINARY_LAYERS[name]
+    assert models.count_binary_layers(model) == expected_binary
+    scaled = [l for l in model.layers if isinstance(l, (ScaledQuantConv2D, ScaledQuantDense))]
+    assert all(l.input_scaling == (mode == "xnor") for l in scaled)
+    x = rng.normal(size=(4, *input_shape)).astype("float32")
+    y = np.arange(4) % 5
+    # Eager: tracing the large graphs costs more than one step of them.
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", run_eagerly=True)
+    loss = model.train_on_batch(x, y)
+    assert np.isfinite(loss)
+    probabilities = model(x, training=False).numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_k_off_and_stochastic_options(rng):
+    no_k = models.small_cnn(mode="xnor", input_scaling=False)
+    assert not any(getattr(l, "input_scaling", False) for l in no_k.layers)
+    stochastic = models.small_cnn(mode="bnn", stochastic=True, seed=3)
+    quantizers = [l.input_quantizer for l in stochastic.layers if isinstance(l, ScaledQuantConv2D)]
+    assert all(type(q).__name__ == "StochasticSign" and q.seed == 3 for q in quantizers)
+
+
+def test_unknown_model_lists_the_choices():
+    with pytest.raises(ValueError, match="small_cnn.*zoo:XNORNet"):
+        models.get_builder("alexnett")
+
+
+@pytest.mark.parametrize("name,size", [("zoo:XNORNet", 224), ("zoo:BinaryResNetE18", 64)])
+def test_larq_zoo_baselines_build_without_download(name, size, tmp_path):
+    shape = (size, size, 3)
+    model = models.get_builder(name)(num_classes=7, input_shape=shape)
+    assert model.output_shape[-1] == 7
+    path = tmp_path / "weights.h5"
+    model.save_weights(str(path))
+    again = models.get_builder(name)(num_classes=7, input_shape=shape, weights=path)
+    for a, b in zip(model.get_weights(), again.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(FileNotFoundError, match="missing.h5"):
+        models.get_builder(name)(num_classes=7, input_shape=shape,
+                                 weights=tmp_path / "missing.h5")
+    with pytest.raises(ValueError, match="mode"):
+        models.get_builder(name)(mode="bwn")
+
+
+def test_batch_norm_is_synchronized_under_mirrored_strategy(mirrored_strategy):
+    with mirrored_strategy.scope():
+        model = models.small_cnn()
+    norms = [l for l in model.layers if isinstance(l, tf.keras.layers.BatchNormalization)]
+    assert norms and all(l.synchronized for l in norms)
+    assert not any(l.synchronized for l in models.small_cnn().layers
+                   if isinstance(l, tf.keras.layers.BatchNormalization))
