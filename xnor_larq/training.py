@@ -326,9 +326,9 @@ def train(config: TrainConfig, verbose=None) -> dict:
         "config": asdict(config),
         **model_report(model),
     }
-    if chief:
-        model.save(output / "model.keras")
-        write_json(output / "report.json", report)
+    # Every worker saves (saving may need all of them); others into their scratch.
+    model.save(output / "model.keras")
+    write_json(output / "report.json", report)
     return report
 
 

@@ -76,7 +76,7 @@ def load_dataset(name, *, data_dir=None, batch_size=128, eval_batch_size=None, s
         (x, y), (xt, yt) = load_cifar(name, data_dir)
         default_augment, classes = "crop_flip", 10 if name == "cifar10" else 100
     else:
-        (x, y), (xt, yt) = synthetic_arrays(seed=seed or 0)
+        (x, y), (xt, yt) = synthetic_arrays(num_train=2048, num_test=256, seed=seed or 0)
         default_augment, classes = None, 10
     if train_subset:
         x, y = x[:train_subset], y[:train_subset]
