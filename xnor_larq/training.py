@@ -114,9 +114,10 @@ def make_optimizer(name: str, learning_rate):
     if name == "sgd":
         return tf.keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True)
     if name == "bop":
+        # Larq's CaseOptimizer and Bop are built on Keras's legacy optimizer base.
         return lq.optimizers.CaseOptimizer(
             (lq.optimizers.Bop.is_binary_variable, lq.optimizers.Bop()),
-            default_optimizer=tf.keras.optimizers.Adam(learning_rate),
+            default_optimizer=tf.keras.optimizers.legacy.Adam(learning_rate),
         )
     raise ValueError(f"--optimizer must be one of {OPTIMIZERS}. Received: {name!r}")
 

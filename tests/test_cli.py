@@ -1,0 +1,70 @@
+"""The command line: clear errors for bad input, evaluate, bench."""
+
+import json
+
+import pytest
+
+from xnor_larq import cli
+
+
+def run(capsys, *args):
+    code = cli.main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_unknown_model_lists_the_choices(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--model", "alexnett", "--output-dir", str(tmp_path))
+    assert code == 2
+    assert "alexnett" in err and "small_cnn" in err and "zoo:XNORNet" in err
+
+
+def test_missing_dataset_names_places_and_fix(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run(capsys, "train", "--dataset", "cifar10", "--data-dir", str(empty),
+                       "--output-dir", str(tmp_path / "run"))
+    assert code == 2
+    assert str(empty) in err and "keras-home" in err and "--data-dir" in err
+
+
+def test_corrupt_file_is_named(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
+    from xnor_larq.data import mnist
+
+    for images_file, labels_file in mnist.FILES.values():
+        (tmp_path / images_file).write_bytes(b"garbage")
+        (tmp_path / labels_file).write_bytes(b"garbage")
+    code, _, err = run(capsys, "train", "--dataset", "mnist", "--data-dir", str(tmp_path),
+                       "--output-dir", str(tmp_path / "run"))
+    assert code == 2 and "train-images-idx3-ubyte.gz" in err
+
+
+def test_batch_must_divide_by_replicas(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--dataset", "synthetic", "--batch-size", "33",
+                       "--devices", "/cpu:0", "/cpu:1", "--output-dir", str(tmp_path))
+    assert code == 2 and "multiple of 2" in err
+
+
+def test_bad_numbers_are_refused(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--epochs", "0", "--output-dir", str(tmp_path))
+    assert code == 2 and "--epochs" in err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--mode", "xnr"])
+
+
+def test_train_then_evaluate(capsys, tmp_path):
+    output = tmp_path / "run"
+    code, out, _ = run(capsys, "train", "--dataset", "synthetic", "--epochs", "1",
+                       "--batch-size", "64", "--train-subset", "128", "--mode", "bnn",
+                       "--stochastic", "--optimizer", "bop", "--devices", "/cpu:0", "/cpu:1",
+                       "--output-dir", str(output))
+    assert code == 0 and "test accuracy:" in out
+    trained = json.loads((output / "report.json").read_text())
+    code, out, _ = run(capsys, "evaluate", str(output / "model.keras"), "--dataset", "synthetic")
+    assert code == 0
+    evaluated = json.loads(out)
+    assert evaluated["test_accuracy"] == pytest.approx(trained["test_accuracy"])
+    code, _, err = run(capsys, "evaluate", str(tmp_path / "nothing.keras"))
+    assert code == 2 and "nothing.keras" in err
