@@ -19,8 +19,10 @@ tf.config.set_logical_device_configuration(
 
 @pytest.fixture
 def mirrored_strategy():
-    """MirroredStrategy over two virtual CPU devices."""
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    """MirroredStrategy over two virtual CPU devices, built as the CLI builds it."""
+    from xnor_larq.training import make_strategy
+
+    return make_strategy("mirrored", ["/cpu:0", "/cpu:1"])
 
 
 @pytest.fixture

@@ -13,9 +13,12 @@ import larq  # noqa: E402  (must follow ensure_legacy_keras)
 
 check_keras_version()
 
-from . import data, layers, models, modes, quantizers  # noqa: E402
+from . import data, layers, models, modes, normalization, optimizers, quantizers  # noqa: E402
 from .layers import ScaledQuantConv2D, ScaledQuantDense, input_scaling_map  # noqa: E402
 from .modes import MODES, binary_layer_kwargs  # noqa: E402
+from .normalization import ShiftBatchNormalization  # noqa: E402
+from .optimizers import ShiftAdaMax  # noqa: E402
+from .power_of_two import ap2  # noqa: E402
 from .quantizers import ScaledSign, StochasticSign, scaled_sign, stochastic_sign  # noqa: E402
 
 __version__ = "0.1.0"
@@ -27,12 +30,17 @@ __all__ = [
     "ScaledQuantConv2D",
     "ScaledQuantDense",
     "ScaledSign",
+    "ShiftAdaMax",
+    "ShiftBatchNormalization",
     "StochasticSign",
+    "ap2",
     "binary_layer_kwargs",
     "input_scaling_map",
     "larq",
     "layers",
     "modes",
+    "normalization",
+    "optimizers",
     "quantizers",
     "scaled_sign",
     "stochastic_sign",

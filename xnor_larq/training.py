@@ -102,7 +102,14 @@ def make_strategy(name: str, devices=None) -> tf.distribute.Strategy:
             "/gpu:0" if tf.config.list_logical_devices("GPU") else "/cpu:0")
         return tf.distribute.OneDeviceStrategy(device)
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy(devices or None)
+        cpu_only = (all("cpu" in d.lower() for d in devices) if devices
+                    else not tf.config.list_logical_devices("GPU"))
+        # On CPUs the default cross-device ops are collectives whose instance keys
+        # clash when a process builds a second strategy (shape-mismatch aborts);
+        # reducing to one device is as fast there and safe.
+        cross_device_ops = tf.distribute.ReductionToOneDevice() if cpu_only else None
+        return tf.distribute.MirroredStrategy(devices or None,
+                                              cross_device_ops=cross_device_ops)
     raise ValueError(f"--strategy must be one of {STRATEGIES}. Received: {name!r}")
 
 
