@@ -68,3 +68,14 @@ def test_train_then_evaluate(capsys, tmp_path):
     assert evaluated["test_accuracy"] == pytest.approx(trained["test_accuracy"])
     code, _, err = run(capsys, "evaluate", str(tmp_path / "nothing.keras"))
     assert code == 2 and "nothing.keras" in err
+
+
+def test_shift_batch_norm_and_shift_adamax_from_the_cli(capsys, tmp_path):
+    output = tmp_path / "run"
+    code, out, err = run(capsys, "train", "--dataset", "synthetic", "--epochs", "1",
+                         "--batch-size", "64", "--train-subset", "128", "--mode", "bnn",
+                         "--batch-norm", "shift", "--optimizer", "shift_adamax",
+                         "--devices", "/cpu:0", "/cpu:1", "--output-dir", str(output))
+    assert code == 0, err
+    config = json.loads((output / "config.json").read_text())
+    assert config["batch_norm"] == "shift" and config["optimizer"] == "shift_adamax"

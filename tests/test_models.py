@@ -77,3 +77,18 @@ def test_batch_norm_is_synchronized_under_mirrored_strategy(mirrored_strategy):
     assert norms and all(l.synchronized for l in norms)
     assert not any(l.synchronized for l in models.small_cnn().layers
                    if isinstance(l, tf.keras.layers.BatchNormalization))
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "nin"])
+def test_shift_batch_norm_option(name, rng):
+    from xnor_larq import ShiftBatchNormalization
+
+    model = models.get_builder(name)(mode="bnn", batch_norm="shift", num_classes=3,
+                                     input_shape=SMALL_INPUTS[name])
+    kinds = {type(l) for l in model.layers}
+    assert ShiftBatchNormalization in kinds and tf.keras.layers.BatchNormalization not in kinds
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", run_eagerly=True)
+    x = rng.normal(size=(4, *SMALL_INPUTS[name])).astype("float32")
+    assert np.isfinite(model.train_on_batch(x, np.arange(4) % 3))
+    with pytest.raises(ValueError, match="batch_norm"):
+        models.get_builder(name)(batch_norm="shfit")

@@ -53,6 +53,8 @@ def build_parser():
     train.add_argument("--lr", type=float, default=defaults.lr)
     train.add_argument("--optimizer", default=defaults.optimizer, choices=OPTIMIZERS)
     train.add_argument("--schedule", default=defaults.schedule, choices=SCHEDULES)
+    train.add_argument("--batch-norm", default=defaults.batch_norm, choices=["standard", "shift"],
+                       help="Keras's BatchNormalization or BNN's shift-based one")
     train.add_argument("--weight-clip", type=_optional_float, default=defaults.weight_clip,
                        help="clip latent binary weights to [-v, v] (none: no clip)")
     train.add_argument("--augment", default=None, choices=["none", "shift", "crop_flip"],
@@ -77,7 +79,7 @@ def build_parser():
     evaluate.set_defaults(func=_evaluate)
 
     bench = commands.add_parser("bench", help="benchmarks (see their --help)")
-    bench.add_argument("suite", choices=["layer-speed"])
+    bench.add_argument("suite", choices=["layer-speed", "shift-bnn"])
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
     return parser
@@ -110,9 +112,9 @@ def _evaluate(args):
 
 
 def _bench(args):
-    from xnor_larq.benchmarks import layer_speed
+    from xnor_larq.benchmarks import layer_speed, shift_bnn
 
-    layer_speed.main(args.rest)
+    {"layer-speed": layer_speed, "shift-bnn": shift_bnn}[args.suite].main(args.rest)
 
 
 def main(argv=None):

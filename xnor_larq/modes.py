@@ -72,6 +72,10 @@ def binary_layer_kwargs(
             "`stochastic=True` is BNN's binarization and needs mode='bnn'. "
             f"Received: mode={mode!r}"
         )
+    if weight_clip is not None and not weight_clip > 0:
+        raise ValueError(
+            f"`weight_clip` must be positive, or None. Received: weight_clip={weight_clip!r}"
+        )
     if seed is not None and not stochastic:
         raise ValueError("`seed` only applies with stochastic=True.")
 

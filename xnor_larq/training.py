@@ -28,7 +28,7 @@ from . import data as data_lib
 from .models import get_builder
 
 STRATEGIES = ("mirrored", "multi-worker", "one-device")
-OPTIMIZERS = ("adam", "sgd", "bop")
+OPTIMIZERS = ("adam", "sgd", "bop", "shift_adamax", "adamax")
 SCHEDULES = ("cosine", "step", "constant")
 
 
@@ -45,6 +45,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     optimizer: str = "adam"
+    batch_norm: str = "standard"
     schedule: str = "cosine"
     weight_clip: float | None = 1.0
     augment: str | None = None
@@ -80,6 +81,10 @@ class TrainConfig:
               f"--strategy must be one of {STRATEGIES}. Received: {self.strategy!r}")
         check(self.dataset in data_lib.DATASETS,
               f"--dataset must be one of {data_lib.DATASETS}. Received: {self.dataset!r}")
+        check(self.batch_norm in ("standard", "shift"),
+              f"--batch-norm must be standard or shift. Received: {self.batch_norm!r}")
+        check(not (self.batch_norm == "shift" and self.model.startswith("zoo:")),
+              "--batch-norm shift needs one of our model builders, not a Larq Zoo model")
         check(self.weight_clip is None or self.weight_clip > 0,
               f"--weight-clip must be positive. Received: {self.weight_clip!r}")
         get_builder(self.model)  # unknown model: lists the choices
@@ -114,10 +119,17 @@ def make_strategy(name: str, devices=None) -> tf.distribute.Strategy:
 
 
 def make_optimizer(name: str, learning_rate):
-    """Adam (the paper's choice), SGD with Nesterov momentum, or Larq's Bop for the
-    binary weights with Adam for the rest (through CaseOptimizer)."""
+    """Adam (the paper's choice), SGD with Nesterov momentum, Larq's Bop for the
+    binary weights with Adam for the rest (through CaseOptimizer), BNN's
+    shift-based AdaMax, or Keras's AdaMax (its standard twin)."""
     if name == "adam":
         return tf.keras.optimizers.Adam(learning_rate)
+    if name == "shift_adamax":
+        from .optimizers import ShiftAdaMax
+
+        return ShiftAdaMax(learning_rate)
+    if name == "adamax":
+        return tf.keras.optimizers.Adamax(learning_rate)
     if name == "sgd":
         return tf.keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True)
     if name == "bop":
@@ -250,7 +262,8 @@ def build_model(config: TrainConfig, num_classes, input_shape):
                       weights=config.weights)
     else:
         kwargs.update(mode=config.mode or "xnor", input_scaling=config.input_scaling,
-                      stochastic=config.stochastic, weight_clip=config.weight_clip)
+                      stochastic=config.stochastic, weight_clip=config.weight_clip,
+                      batch_norm=config.batch_norm)
         if config.stochastic:
             kwargs["seed"] = config.seed
     model = builder(**kwargs)

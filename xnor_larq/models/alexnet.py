@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from .blocks import (binary_conv_block, binary_dense_block, float_classifier,
+from .blocks import (model_builder, binary_conv_block, binary_dense_block, float_classifier,
                      float_stem, layer_kwargs)
 
 
+@model_builder
 def alexnet(*, mode: str = "xnor", input_scaling: bool | None = None,
             stochastic: bool = False, seed: int | None = None, num_classes: int = 1000,
             input_shape=(224, 224, 3), bn_momentum: float = 0.9, dropout: float = 0.0,

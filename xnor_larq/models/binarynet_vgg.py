@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from .blocks import (binary_conv_block, binary_dense_block, float_classifier,
+from .blocks import (model_builder, binary_conv_block, binary_dense_block, float_classifier,
                      float_stem, layer_kwargs)
 
 
+@model_builder
 def binarynet_vgg(*, mode: str = "bnn", input_scaling: bool | None = None,
                   stochastic: bool = False, seed: int | None = None, num_classes: int = 10,
                   input_shape=(32, 32, 3), width: int = 128, bn_momentum: float = 0.9,

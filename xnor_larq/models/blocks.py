@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextvars
+import functools
+
 import tensorflow as tf
+
+from ..normalization import ShiftBatchNormalization
 
 from ..layers import ScaledQuantConv2D, ScaledQuantDense
 from ..modes import binary_layer_kwargs
@@ -25,10 +30,36 @@ def _real_input_activation(x, kwargs):
     return x
 
 
+BATCH_NORMS = ("standard", "shift")
+_batch_norm_kind = contextvars.ContextVar("batch_norm_kind", default="standard")
+
+
+def model_builder(build):
+    """Give a builder the ``batch_norm`` argument ("standard" or "shift")."""
+
+    @functools.wraps(build)
+    def wrapper(*, batch_norm: str = "standard", **kwargs):
+        if batch_norm not in BATCH_NORMS:
+            raise ValueError(f"`batch_norm` must be one of {BATCH_NORMS}. "
+                             f"Received: batch_norm={batch_norm!r}")
+        token = _batch_norm_kind.set(batch_norm)
+        try:
+            return build(**kwargs)
+        finally:
+            _batch_norm_kind.reset(token)
+
+    return wrapper
+
+
 def batch_norm(x, momentum=0.9, epsilon=1e-4, name=None):
-    """BatchNormalization; synchronized across replicas when built under a
-    multi-replica strategy, so that statistics come from the global batch and a
-    distributed run computes what one device would."""
+    """The model's BatchNormalization: Keras's, or BNN's shift-based one.
+
+    Keras's is synchronized across replicas when built under a multi-replica
+    strategy, so that statistics come from the global batch and a distributed
+    run computes what one device would.
+    """
+    if _batch_norm_kind.get() == "shift":
+        return ShiftBatchNormalization(momentum=momentum, epsilon=epsilon, name=name)(x)
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     return tf.keras.layers.BatchNormalization(
         momentum=momentum, epsilon=epsilon, synchronized=replicas > 1, name=name

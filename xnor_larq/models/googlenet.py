@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from .blocks import binary_conv_block, float_classifier, float_stem, layer_kwargs
+from .blocks import model_builder, binary_conv_block, float_classifier, float_stem, layer_kwargs
 
 # (1×1, 3×3 reduce, 3×3, 5×5 reduce, 5×5, pool projection) of each module.
 _MODULES = {
@@ -33,6 +33,7 @@ def _inception(x, filters, kwargs, bn_momentum):
     return tf.keras.layers.Concatenate()([branch1, branch3, branch5, branch_pool])
 
 
+@model_builder
 def googlenet(*, mode: str = "bwn", input_scaling: bool | None = None,
               stochastic: bool = False, seed: int | None = None, num_classes: int = 1000,
               input_shape=(224, 224, 3), bn_momentum: float = 0.9, dropout: float = 0.4,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from .blocks import batch_norm, binary_conv_block, layer_kwargs
+from .blocks import model_builder, batch_norm, binary_conv_block, layer_kwargs
 
 
+@model_builder
 def nin(*, mode: str = "xnor", input_scaling: bool | None = None, stochastic: bool = False,
         seed: int | None = None, num_classes: int = 10, input_shape=(32, 32, 3),
         bn_momentum: float = 0.9, dropout: float = 0.5,

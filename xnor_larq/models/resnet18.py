@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from .blocks import batch_norm, binary_conv_block, float_classifier, float_stem, layer_kwargs
+from .blocks import model_builder, batch_norm, binary_conv_block, float_classifier, float_stem, layer_kwargs
 
 
 def _basic_block(x, filters, strides, kwargs, bn_momentum):
@@ -18,6 +18,7 @@ def _basic_block(x, filters, strides, kwargs, bn_momentum):
     return tf.keras.layers.Add()([y, shortcut])
 
 
+@model_builder
 def resnet18(*, mode: str = "xnor", input_scaling: bool | None = None,
              stochastic: bool = False, seed: int | None = None, num_classes: int = 1000,
              input_shape=(224, 224, 3), bn_momentum: float = 0.9,

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from .blocks import batch_norm, binary_conv_block, binary_dense_block, layer_kwargs
+from .blocks import model_builder, batch_norm, binary_conv_block, binary_dense_block, layer_kwargs
 
 
+@model_builder
 def small_cnn(
     *,
     mode: str = "xnor",
