@@ -25,3 +25,39 @@ def test_shift_bnn_benchmark_runs_every_setting(tmp_path):
     assert [r["setting"] for r in runs] == list(shift_bnn.SETTINGS)
     assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in runs)
     assert set(summary) == set(shift_bnn.SETTINGS)
+
+
+def test_bench_entry_point_writes_json_and_the_document(tmp_path, capsys):
+    from xnor_larq import cli
+
+    results, doc = tmp_path / "results", tmp_path / "docs" / "RESULTS.md"
+    common = ["bench", "--results-dir", str(results), "--doc", str(doc)]
+    assert cli.main([*common, "accuracy", "--dataset", "synthetic", "--epochs", "1",
+                     "--train-subset", "64", "--batch-size", "32", "--settings", "fp",
+                     "xnor_k", "xnor_no_k", "--k-seeds", "0",
+                     "--output-dir", str(tmp_path / "runs")]) == 0
+    assert cli.main([*common, "speed", "--layer-shapes", "imagenet", "--layer-batch-size", "2",
+                     "--models", "small_cnn", "--model-batch-size", "4",
+                     "--repeats", "1"]) == 0
+    assert cli.main([*common, "size"]) == 0
+    accuracy = json.loads((results / "accuracy.json").read_text())
+    speed = json.loads((results / "speed.json").read_text())
+    size = json.loads((results / "size.json").read_text())
+    assert {r["setting"] for r in accuracy["runs"]} == {"fp", "xnor_k", "xnor_no_k"}
+    assert accuracy["machine"]["cores"] >= 1 and "--epochs 1" in accuracy["command"]
+    assert {r["kind"] for r in speed["models"]} == {"train", "inference"}
+    assert {r["model"] for r in size["models"]} >= {"small_cnn", "alexnet", "googlenet"}
+    for r in size["models"]:
+        assert r["binary_layers_compression"] == 32.0  # 1 bit against 32
+
+    text = doc.read_text()
+    fp = accuracy["summary"]["fp"]["mean"] * 100
+    assert f"| full precision | {fp:.2f}% |" in text
+    for png in ("accuracy.png", "learning_curves.png", "step_time.png"):
+        assert (results / png).stat().st_size > 0 and f"results/{png}" in text
+
+    # The table follows the JSON, not the other way round.
+    accuracy["summary"]["fp"]["mean"] = 0.12345
+    (results / "accuracy.json").write_text(json.dumps(accuracy))
+    assert cli.main([*common, "report"]) == 0
+    assert "| full precision | 12.35% |" in doc.read_text()

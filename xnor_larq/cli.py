@@ -41,7 +41,9 @@ def build_parser():
                        help="small_cnn, nin, binarynet_vgg, alexnet, resnet18, googlenet, "
                             "or zoo:<LarqZooModel> (e.g. zoo:XNORNet)")
     _add_common(train)
-    train.add_argument("--mode", default=defaults.mode, choices=["fp", "bwn", "xnor", "bnn"])
+    train.add_argument("--mode", default=defaults.mode,
+                       choices=["fp", "bwn", "xnor", "bnn", "larq"],
+                       help="larq: Larq's QuantConv2D with magnitude_aware_sign (baseline)")
     scaling = train.add_mutually_exclusive_group()
     scaling.add_argument("--input-scaling", dest="input_scaling", action="store_true",
                          default=None, help="force XNOR-Net's K on")
@@ -78,8 +80,15 @@ def build_parser():
     _add_common(evaluate)
     evaluate.set_defaults(func=_evaluate)
 
-    bench = commands.add_parser("bench", help="benchmarks (see their --help)")
-    bench.add_argument("suite", choices=["layer-speed", "shift-bnn"])
+    bench = commands.add_parser(
+        "bench", help="benchmarks: write JSON results and regenerate docs/RESULTS.md",
+        description="Run a suite (its own options follow it; see `xnor-larq bench SUITE "
+                    "--help`), save its JSON in --results-dir and regenerate the document. "
+                    "`report` only regenerates the document; `layer-speed` only prints.")
+    bench.add_argument("--results-dir", default="docs/results")
+    bench.add_argument("--doc", default="docs/RESULTS.md")
+    bench.add_argument("suite", choices=["accuracy", "speed", "size", "shift-bnn", "report",
+                                         "layer-speed"])
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
     return parser
@@ -112,9 +121,20 @@ def _evaluate(args):
 
 
 def _bench(args):
-    from xnor_larq.benchmarks import layer_speed, shift_bnn
+    from pathlib import Path
 
-    {"layer-speed": layer_speed, "shift-bnn": shift_bnn}[args.suite].main(args.rest)
+    from xnor_larq.benchmarks import accuracy, layer_speed, report, shift_bnn, size, speed
+
+    if args.suite == "layer-speed":
+        layer_speed.main(args.rest)
+        return
+    if args.suite != "report":
+        suite = {"accuracy": accuracy, "speed": speed, "size": size, "shift-bnn": shift_bnn}
+        path = Path(args.results_dir) / f"{args.suite.replace('-', '_')}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        suite[args.suite].main([*args.rest, "--json", str(path)])
+    report.render(args.results_dir, args.doc)
+    print(f"wrote {args.doc}")
 
 
 def main(argv=None):

@@ -262,8 +262,9 @@ def build_model(config: TrainConfig, num_classes, input_shape):
                       weights=config.weights)
     else:
         kwargs.update(mode=config.mode or "xnor", input_scaling=config.input_scaling,
-                      stochastic=config.stochastic, weight_clip=config.weight_clip,
-                      batch_norm=config.batch_norm)
+                      stochastic=config.stochastic, batch_norm=config.batch_norm)
+        if config.mode != "larq":  # Larq's baseline clips at 1, as Larq does
+            kwargs["weight_clip"] = config.weight_clip
         if config.stochastic:
             kwargs["seed"] = config.seed
     model = builder(**kwargs)

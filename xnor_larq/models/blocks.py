@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import functools
 
+import larq as lq
 import tensorflow as tf
 
 from ..normalization import ShiftBatchNormalization
@@ -13,8 +14,25 @@ from ..layers import ScaledQuantConv2D, ScaledQuantDense
 from ..modes import binary_layer_kwargs
 
 
+#: Larq's own XNOR-style layers (no K), the baseline a Larq user would pick.
+LARQ_BASELINE = {
+    "input_quantizer": "ste_sign",
+    "kernel_quantizer": "magnitude_aware_sign",
+    "kernel_constraint": "weight_clip",
+}
+
+
 def layer_kwargs(mode, *, input_scaling=None, stochastic=False, seed=None, **quantizer_options):
-    """``binary_layer_kwargs`` with the seed passed only where it applies."""
+    """``binary_layer_kwargs`` with the seed passed only where it applies.
+
+    ``mode="larq"`` selects Larq's plain ``QuantConv2D``/``QuantDense`` with
+    ``magnitude_aware_sign`` weights and ``ste_sign`` inputs (the baseline).
+    """
+    if mode == "larq":
+        if input_scaling or stochastic or quantizer_options:
+            raise ValueError("mode='larq' is Larq's fixed baseline; it takes no "
+                             "input_scaling, stochastic or quantizer options")
+        return {**LARQ_BASELINE, "larq_layers": True}
     if stochastic:
         quantizer_options["seed"] = seed
     return binary_layer_kwargs(
@@ -25,7 +43,7 @@ def layer_kwargs(mode, *, input_scaling=None, stochastic=False, seed=None, **qua
 def _real_input_activation(x, kwargs):
     # Modes without binary inputs (fp, bwn) get the ReLU of their float twin where
     # the binary modes binarize.
-    if kwargs["input_quantizer"] is None:
+    if kwargs.get("input_quantizer") is None:
         x = tf.keras.layers.Activation("relu")(x)
     return x
 
@@ -78,8 +96,8 @@ def binary_conv_block(x, filters, kwargs, *, kernel_size=3, strides=1, padding="
     x = _real_input_activation(x, kwargs)
     if dropout:
         x = tf.keras.layers.Dropout(dropout)(x)
-    x = ScaledQuantConv2D(filters, kernel_size, strides=strides, padding=padding,
-                          use_bias=False, name=name, **kwargs)(x)
+    x = _conv_class(kwargs)(filters, kernel_size, strides=strides, padding=padding,
+                            use_bias=False, name=name, **_layer_args(kwargs))(x)
     if post_activation:
         x = tf.keras.layers.Activation(post_activation)(x)
     if pool:
@@ -94,7 +112,16 @@ def binary_dense_block(x, units, kwargs, *, bn_momentum=0.9, dropout=0.0, name=N
     x = _real_input_activation(x, kwargs)
     if dropout:
         x = tf.keras.layers.Dropout(dropout)(x)
-    return ScaledQuantDense(units, use_bias=False, name=name, **kwargs)(x)
+    dense = lq.layers.QuantDense if kwargs.get("larq_layers") else ScaledQuantDense
+    return dense(units, use_bias=False, name=name, **_layer_args(kwargs))(x)
+
+
+def _conv_class(kwargs):
+    return lq.layers.QuantConv2D if kwargs.get("larq_layers") else ScaledQuantConv2D
+
+
+def _layer_args(kwargs):
+    return {k: v for k, v in kwargs.items() if k != "larq_layers"}
 
 
 def float_stem(x, filters, kernel_size, *, strides=1, padding="same", bn_momentum=0.9,
