@@ -8,13 +8,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import xnor_larq  # noqa: E402,F401  (selects Keras 2 before TensorFlow loads)
+
 import tensorflow as tf  # noqa: E402  isort: skip
 
 # Must run before TensorFlow initialises its devices, i.e. at collection time.
 _cpus = tf.config.list_physical_devices("CPU")
-tf.config.set_logical_device_configuration(
-    _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
-)
+tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 
 
 @pytest.fixture

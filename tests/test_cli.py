@@ -23,8 +23,16 @@ def test_missing_dataset_names_places_and_fix(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
     empty = tmp_path / "empty"
     empty.mkdir()
-    code, _, err = run(capsys, "train", "--dataset", "cifar10", "--data-dir", str(empty),
-                       "--output-dir", str(tmp_path / "run"))
+    code, _, err = run(
+        capsys,
+        "train",
+        "--dataset",
+        "cifar10",
+        "--data-dir",
+        str(empty),
+        "--output-dir",
+        str(tmp_path / "run"),
+    )
     assert code == 2
     assert str(empty) in err and "keras-home" in err and "--data-dir" in err
 
@@ -36,14 +44,33 @@ def test_corrupt_file_is_named(capsys, tmp_path, monkeypatch):
     for images_file, labels_file in mnist.FILES.values():
         (tmp_path / images_file).write_bytes(b"garbage")
         (tmp_path / labels_file).write_bytes(b"garbage")
-    code, _, err = run(capsys, "train", "--dataset", "mnist", "--data-dir", str(tmp_path),
-                       "--output-dir", str(tmp_path / "run"))
+    code, _, err = run(
+        capsys,
+        "train",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        str(tmp_path),
+        "--output-dir",
+        str(tmp_path / "run"),
+    )
     assert code == 2 and "train-images-idx3-ubyte.gz" in err
 
 
 def test_batch_must_divide_by_replicas(capsys, tmp_path):
-    code, _, err = run(capsys, "train", "--dataset", "synthetic", "--batch-size", "33",
-                       "--devices", "/cpu:0", "/cpu:1", "--output-dir", str(tmp_path))
+    code, _, err = run(
+        capsys,
+        "train",
+        "--dataset",
+        "synthetic",
+        "--batch-size",
+        "33",
+        "--devices",
+        "/cpu:0",
+        "/cpu:1",
+        "--output-dir",
+        str(tmp_path),
+    )
     assert code == 2 and "multiple of 2" in err
 
 
@@ -56,10 +83,28 @@ def test_bad_numbers_are_refused(capsys, tmp_path):
 
 def test_train_then_evaluate(capsys, tmp_path):
     output = tmp_path / "run"
-    code, out, _ = run(capsys, "train", "--dataset", "synthetic", "--epochs", "1",
-                       "--batch-size", "64", "--train-subset", "128", "--mode", "bnn",
-                       "--stochastic", "--optimizer", "bop", "--devices", "/cpu:0", "/cpu:1",
-                       "--output-dir", str(output))
+    code, out, _ = run(
+        capsys,
+        "train",
+        "--dataset",
+        "synthetic",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--train-subset",
+        "128",
+        "--mode",
+        "bnn",
+        "--stochastic",
+        "--optimizer",
+        "bop",
+        "--devices",
+        "/cpu:0",
+        "/cpu:1",
+        "--output-dir",
+        str(output),
+    )
     assert code == 0 and "test accuracy:" in out
     trained = json.loads((output / "report.json").read_text())
     code, out, _ = run(capsys, "evaluate", str(output / "model.keras"), "--dataset", "synthetic")
@@ -72,10 +117,29 @@ def test_train_then_evaluate(capsys, tmp_path):
 
 def test_shift_batch_norm_and_shift_adamax_from_the_cli(capsys, tmp_path):
     output = tmp_path / "run"
-    code, out, err = run(capsys, "train", "--dataset", "synthetic", "--epochs", "1",
-                         "--batch-size", "64", "--train-subset", "128", "--mode", "bnn",
-                         "--batch-norm", "shift", "--optimizer", "shift_adamax",
-                         "--devices", "/cpu:0", "/cpu:1", "--output-dir", str(output))
+    code, out, err = run(
+        capsys,
+        "train",
+        "--dataset",
+        "synthetic",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--train-subset",
+        "128",
+        "--mode",
+        "bnn",
+        "--batch-norm",
+        "shift",
+        "--optimizer",
+        "shift_adamax",
+        "--devices",
+        "/cpu:0",
+        "/cpu:1",
+        "--output-dir",
+        str(output),
+    )
     assert code == 0, err
     config = json.loads((output / "config.json").read_text())
     assert config["batch_norm"] == "shift" and config["optimizer"] == "shift_adamax"

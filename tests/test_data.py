@@ -11,7 +11,6 @@ import tensorflow as tf
 from xnor_larq import data
 from xnor_larq.data import cifar, imagenet, mnist
 
-
 # --- idx (MNIST, Fashion-MNIST) ---------------------------------------------
 
 
@@ -50,8 +49,7 @@ def test_idx_pipeline_scales_and_batches(idx_dir):
     spec = data.load_dataset("mnist", data_dir=directory, batch_size=4, download=False)
     assert spec.input_shape == (28, 28, 1) and spec.num_classes == 10 and spec.train_size == 12
     images, labels = next(iter(spec.test))
-    np.testing.assert_allclose(images.numpy()[..., 0], arrays["test"][0][:4] / 127.5 - 1,
-                               atol=1e-6)
+    np.testing.assert_allclose(images.numpy()[..., 0], arrays["test"][0][:4] / 127.5 - 1, atol=1e-6)
     np.testing.assert_array_equal(labels, arrays["test"][1][:4])
     assert sum(1 for _ in spec.train) == 3  # drop_remainder: 12 // 4
 
@@ -78,7 +76,8 @@ def test_missing_dataset_names_the_places_searched(tmp_path, monkeypatch):
     assert str(tmp_path / "keras-home" / "datasets" / "mnist") in str(error.value)
     assert "--data-dir" in str(error.value)
     assert "/usr/share/datasets/fashion-mnist" in "\n".join(
-        str(p) for p in mnist.candidate_dirs("fashion_mnist"))
+        str(p) for p in mnist.candidate_dirs("fashion_mnist")
+    )
     with pytest.raises(data.DatasetNotFoundError, match="nowhere"):
         data.load_idx_dataset("mnist", data_dir=tmp_path / "nowhere", download=False)
 
@@ -95,9 +94,12 @@ def write_cifar(directory, name, rng, per_batch=6):
         for filename in layout[split]:
             pixels = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
             labels = rng.integers(0, layout["classes"], size=per_batch).tolist()
-            batch = {b"batch_label": b"testing batch", b"data": pixels,
-                     layout["label_key"]: labels,
-                     b"filenames": [f"img_{i}.png".encode() for i in range(per_batch)]}
+            batch = {
+                b"batch_label": b"testing batch",
+                b"data": pixels,
+                layout["label_key"]: labels,
+                b"filenames": [f"img_{i}.png".encode() for i in range(per_batch)],
+            }
             if name == "cifar100":
                 batch[b"coarse_labels"] = [0] * per_batch
             with open(folder / filename, "wb") as f:
@@ -136,7 +138,9 @@ def test_cifar_refuses_pickles_that_would_run_code(tmp_path, rng, monkeypatch):
     bad = folder / "data_batch_3"
     with open(bad, "wb") as f:
         pickle.dump({b"data": _Exploit(), b"labels": []}, f, protocol=2)
-    with pytest.raises(data.CorruptDataError, match="data_batch_3.*posix.system|data_batch_3.*os.system"):
+    with pytest.raises(
+        data.CorruptDataError, match="data_batch_3.*posix.system|data_batch_3.*os.system"
+    ):
         data.load_cifar("cifar10", data_dir=folder)
     with open(bad, "wb") as f:
         pickle.dump({b"data": np.array([object()], dtype=object), b"labels": []}, f)
@@ -184,8 +188,9 @@ def test_image_folder_loader(tmp_path):
         assert images.shape[1:] == (32, 32, 3)
         for image, label in zip(images.numpy(), labels.numpy()):
             colour = list(COLOURS.values())[label]
-            np.testing.assert_allclose(image.mean(axis=(0, 1)), expected_normalized(colour),
-                                       atol=0.1)
+            np.testing.assert_allclose(
+                image.mean(axis=(0, 1)), expected_normalized(colour), atol=0.1
+            )
             seen += 1
     assert seen == 6
     images, labels = next(iter(train))
@@ -195,13 +200,22 @@ def test_image_folder_loader(tmp_path):
 def test_tfrecord_loader_subtracts_the_label_offset(tmp_path):
     with tf.io.TFRecordWriter(str(tmp_path / "validation-00000-of-00001")) as writer:
         for label, colour in enumerate(COLOURS.values(), start=1):  # 1-based, as the format
-            example = tf.train.Example(features=tf.train.Features(feature={
-                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg(colour)])),
-                "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-            }))
+            example = tf.train.Example(
+                features=tf.train.Features(
+                    feature={
+                        "image/encoded": tf.train.Feature(
+                            bytes_list=tf.train.BytesList(value=[jpeg(colour)])
+                        ),
+                        "image/class/label": tf.train.Feature(
+                            int64_list=tf.train.Int64List(value=[label])
+                        ),
+                    }
+                )
+            )
             writer.write(example.SerializeToString())
-    dataset = imagenet.tfrecord_dataset(tmp_path / "validation-*", training=False,
-                                        image_size=24, batch_size=3)
+    dataset = imagenet.tfrecord_dataset(
+        tmp_path / "validation-*", training=False, image_size=24, batch_size=3
+    )
     images, labels = next(iter(dataset))
     np.testing.assert_array_equal(labels, [0, 1, 2])
     for image, colour in zip(images.numpy(), COLOURS.values()):

@@ -13,8 +13,14 @@ def build(mode_layers=True):
     x = tf.keras.layers.BatchNormalization()(x)
     x = ScaledQuantConv2D(8, 3, padding="same", use_bias=False)(x)
     x = tf.keras.layers.BatchNormalization()(x)
-    x = ScaledQuantConv2D(8, 3, use_bias=False, input_quantizer=StochasticSign(seed=1),
-                          kernel_quantizer="stochastic_sign", input_scaling=False)(x)
+    x = ScaledQuantConv2D(
+        8,
+        3,
+        use_bias=False,
+        input_quantizer=StochasticSign(seed=1),
+        kernel_quantizer="stochastic_sign",
+        input_scaling=False,
+    )(x)
     x = tf.keras.layers.Flatten()(x)
     x = ScaledQuantDense(16, use_bias=False)(x)
     outputs = tf.keras.layers.Dense(4)(x)  # full-precision last
@@ -26,8 +32,10 @@ def test_one_training_step_under_mirrored_strategy(mirrored_strategy, tiny_image
     assert mirrored_strategy.num_replicas_in_sync == 2
     with mirrored_strategy.scope():
         model = build()
-        model.compile(optimizer=tf.keras.optimizers.Adam(0.01),
-                      loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.compile(
+            optimizer=tf.keras.optimizers.Adam(0.01),
+            loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
     before = [w.numpy().copy() for w in model.trainable_weights]
     history = model.fit(images, labels, epochs=1, batch_size=8, verbose=0)
     assert np.isfinite(history.history["loss"][0])

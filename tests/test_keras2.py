@@ -10,8 +10,9 @@ import pytest
 def run_python(code, **env):
     environment = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     environment.update(env, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=environment, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=300
+    )
 
 
 def test_import_selects_keras2_without_environment_variable():
@@ -25,8 +26,7 @@ def test_import_selects_keras2_without_environment_variable():
 
 
 def test_tensorflow_imported_first_works_when_the_variable_was_set():
-    result = run_python("import tensorflow; import xnor_larq; print('ok')",
-                        TF_USE_LEGACY_KERAS="1")
+    result = run_python("import tensorflow; import xnor_larq; print('ok')", TF_USE_LEGACY_KERAS="1")
     assert result.returncode == 0, result.stderr
 
 

@@ -27,8 +27,7 @@ def np_input_scaling_map(inputs, kernel_size, strides, padding, dilation):
     a = np.abs(inputs).mean(axis=-1)  # (batch, h, w)
     if padding == "same":
         pads = [
-            np_same_padding(a.shape[1 + i], (kh, kw)[i], strides[i], dilation[i])
-            for i in range(2)
+            np_same_padding(a.shape[1 + i], (kh, kw)[i], strides[i], dilation[i]) for i in range(2)
         ]
         a = np.pad(a, [(0, 0), pads[0], pads[1]])
     out_h = (a.shape[1] - (kh - 1) * dilation[0] - 1) // strides[0] + 1
@@ -60,7 +59,11 @@ def test_conv_equals_float_conv_of_signs_times_numpy_k(
     inputs = rng.normal(size=(batch, height, width, c_in)).astype("float32")
     inputs[0, 0, 0, :] = 0.0  # sign(0) = +1 must hold on the binary path too
     layer = ScaledQuantConv2D(
-        c_out, kernel_size, strides=stride, padding=padding, dilation_rate=dilation,
+        c_out,
+        kernel_size,
+        strides=stride,
+        padding=padding,
+        dilation_rate=dilation,
         kernel_initializer=tf.keras.initializers.RandomUniform(-1, 1),
     )
     outputs = layer(inputs).numpy()
@@ -68,15 +71,17 @@ def test_conv_equals_float_conv_of_signs_times_numpy_k(
     latent = layer.kernel.latent_variable.numpy()
     alpha = np.abs(latent).mean(axis=(0, 1, 2))
     float_conv = tf.keras.layers.Conv2D(
-        c_out, kernel_size, strides=stride, padding=padding, dilation_rate=dilation,
+        c_out,
+        kernel_size,
+        strides=stride,
+        padding=padding,
+        dilation_rate=dilation,
         use_bias=True,
     )
     float_conv.build(inputs.shape)
     float_conv.set_weights([alpha * np_sign(latent), layer.bias.numpy()])
     float_conv.bias.assign(np.zeros(c_out))
-    k = np_input_scaling_map(
-        inputs, (kernel_size,) * 2, (stride,) * 2, padding, (dilation,) * 2
-    )
+    k = np_input_scaling_map(inputs, (kernel_size,) * 2, (stride,) * 2, padding, (dilation,) * 2)
     expected = float_conv(np_sign(inputs)).numpy() * k + layer.bias.numpy()
     assert outputs.shape == expected.shape
     np.testing.assert_allclose(outputs, expected, rtol=1e-4, atol=1e-4)
@@ -95,8 +100,12 @@ def test_k_multiplies_before_bias_and_activation(rng):
 
 def test_without_k_equals_larq_quant_conv(rng):
     inputs = rng.normal(size=(2, 7, 7, 3)).astype("float32")
-    kwargs = dict(input_quantizer="ste_sign", kernel_quantizer="scaled_sign",
-                  kernel_constraint="weight_clip", padding="same")
+    kwargs = dict(
+        input_quantizer="ste_sign",
+        kernel_quantizer="scaled_sign",
+        kernel_constraint="weight_clip",
+        padding="same",
+    )
     ours = ScaledQuantConv2D(4, 3, input_scaling=False, **kwargs)
     larq = lq.layers.QuantConv2D(4, 3, **kwargs)
     larq.build(inputs.shape)
@@ -128,12 +137,12 @@ def _input_gradient(layer, inputs, upstream):
 def test_gradient_through_k_is_selectable(rng, through_k):
     inputs = rng.normal(size=(2, 7, 7, 3)).astype("float32")
     upstream = rng.normal(size=(2, 7, 7, 4)).astype("float32")
-    layer = ScaledQuantConv2D(4, 3, padding="same", use_bias=False,
-                              input_scaling_gradient=through_k)
+    layer = ScaledQuantConv2D(
+        4, 3, padding="same", use_bias=False, input_scaling_gradient=through_k
+    )
     layer.build(inputs.shape)
     latent = layer.kernel.latent_variable.numpy()
-    signed_kernel = tf.constant(np.abs(latent).mean(axis=(0, 1, 2)) * np_sign(latent),
-                                tf.float32)
+    signed_kernel = tf.constant(np.abs(latent).mean(axis=(0, 1, 2)) * np_sign(latent), tf.float32)
     k_constant = np_input_scaling_map(inputs, (3, 3), (1, 1), "same", (1, 1))
 
     # Reference: the same product written with other ops; K either a numpy
@@ -149,8 +158,9 @@ def test_gradient_through_k_is_selectable(rng, through_k):
             k = tf.constant(k_constant, tf.float32)
         loss = tf.reduce_sum(binary * k * upstream)
     expected = tape.gradient(loss, x).numpy()
-    np.testing.assert_allclose(_input_gradient(layer, inputs, upstream), expected,
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        _input_gradient(layer, inputs, upstream), expected, rtol=1e-4, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("mode", ["fp", "bwn", "xnor", "bnn"])
@@ -160,8 +170,12 @@ def test_modes_build_the_papers_settings(rng, mode):
     outputs = layer(inputs).numpy()
     latent = getattr(layer.kernel, "latent_variable", layer.kernel).numpy()
     alpha = np.abs(latent).mean(axis=(0, 1, 2))
-    weights = {"fp": latent, "bwn": alpha * np_sign(latent),
-               "xnor": alpha * np_sign(latent), "bnn": np_sign(latent)}[mode]
+    weights = {
+        "fp": latent,
+        "bwn": alpha * np_sign(latent),
+        "xnor": alpha * np_sign(latent),
+        "bnn": np_sign(latent),
+    }[mode]
     x = inputs if mode in ("fp", "bwn") else np_sign(inputs)
     expected = tf.nn.conv2d(x, weights.astype("float32"), 1, "VALID").numpy()
     if mode == "xnor":
@@ -207,8 +221,9 @@ def test_binary_layer_kwargs_refuses_unknown_mode():
 
 
 def test_zero_kernel_and_zero_inputs_give_finite_outputs_and_gradients():
-    layer = ScaledQuantConv2D(4, 3, padding="same", kernel_initializer="zeros",
-                              bias_initializer="ones")
+    layer = ScaledQuantConv2D(
+        4, 3, padding="same", kernel_initializer="zeros", bias_initializer="ones"
+    )
     for inputs in (tf.zeros((2, 5, 5, 3)), tf.random.normal((2, 5, 5, 3))):
         with tf.GradientTape() as tape:
             tape.watch(inputs)
@@ -221,10 +236,15 @@ def test_zero_kernel_and_zero_inputs_give_finite_outputs_and_gradients():
 
 
 def test_get_config_round_trip():
-    layer = ScaledQuantConv2D(8, 5, strides=2, padding="same", input_scaling=False,
-                              input_scaling_gradient=True,
-                              kernel_quantizer={"class_name": "ScaledSign",
-                                                "config": {"backward": "exact"}})
+    layer = ScaledQuantConv2D(
+        8,
+        5,
+        strides=2,
+        padding="same",
+        input_scaling=False,
+        input_scaling_gradient=True,
+        kernel_quantizer={"class_name": "ScaledSign", "config": {"backward": "exact"}},
+    )
     config = layer.get_config()
     clone = ScaledQuantConv2D.from_config(config)
     assert clone.get_config() == config

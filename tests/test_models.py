@@ -23,13 +23,16 @@ EXTRA = {"binarynet_vgg": {"width": 16}}
 @pytest.mark.parametrize("name", list(models.BUILDERS))
 def test_builds_and_trains_one_step(name, mode, rng):
     input_shape = SMALL_INPUTS[name]
-    model = models.get_builder(name)(mode=mode, num_classes=5, input_shape=input_shape,
-                                     **EXTRA.get(name, {}))
+    model = models.get_builder(name)(
+        mode=mode, num_classes=5, input_shape=input_shape, **EXTRA.get(name, {})
+    )
     assert model.output_shape == (None, 5)
     expected_binary = 0 if mode == "fp" else models.BINARY_LAYERS[name]
     assert models.count_binary_layers(model) == expected_binary
-    scaled = [l for l in model.layers if isinstance(l, (ScaledQuantConv2D, ScaledQuantDense))]
-    assert all(l.input_scaling == (mode == "xnor") for l in scaled)
+    scaled = [
+        layer for layer in model.layers if isinstance(layer, (ScaledQuantConv2D, ScaledQuantDense))
+    ]
+    assert all(layer.input_scaling == (mode == "xnor") for layer in scaled)
     x = rng.normal(size=(4, *input_shape)).astype("float32")
     y = np.arange(4) % 5
     # Eager: tracing the large graphs costs more than one step of them.
@@ -42,9 +45,11 @@ def test_builds_and_trains_one_step(name, mode, rng):
 
 def test_k_off_and_stochastic_options(rng):
     no_k = models.small_cnn(mode="xnor", input_scaling=False)
-    assert not any(getattr(l, "input_scaling", False) for l in no_k.layers)
+    assert not any(getattr(layer, "input_scaling", False) for layer in no_k.layers)
     stochastic = models.small_cnn(mode="bnn", stochastic=True, seed=3)
-    quantizers = [l.input_quantizer for l in stochastic.layers if isinstance(l, ScaledQuantConv2D)]
+    quantizers = [
+        layer.input_quantizer for layer in stochastic.layers if isinstance(layer, ScaledQuantConv2D)
+    ]
     assert all(type(q).__name__ == "StochasticSign" and q.seed == 3 for q in quantizers)
 
 
@@ -64,8 +69,7 @@ def test_larq_zoo_baselines_build_without_download(name, size, tmp_path):
     for a, b in zip(model.get_weights(), again.get_weights()):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(FileNotFoundError, match="missing.h5"):
-        models.get_builder(name)(num_classes=7, input_shape=shape,
-                                 weights=tmp_path / "missing.h5")
+        models.get_builder(name)(num_classes=7, input_shape=shape, weights=tmp_path / "missing.h5")
     with pytest.raises(ValueError, match="mode"):
         models.get_builder(name)(mode="bwn")
 
@@ -73,19 +77,25 @@ def test_larq_zoo_baselines_build_without_download(name, size, tmp_path):
 def test_batch_norm_is_synchronized_under_mirrored_strategy(mirrored_strategy):
     with mirrored_strategy.scope():
         model = models.small_cnn()
-    norms = [l for l in model.layers if isinstance(l, tf.keras.layers.BatchNormalization)]
-    assert norms and all(l.synchronized for l in norms)
-    assert not any(l.synchronized for l in models.small_cnn().layers
-                   if isinstance(l, tf.keras.layers.BatchNormalization))
+    norms = [
+        layer for layer in model.layers if isinstance(layer, tf.keras.layers.BatchNormalization)
+    ]
+    assert norms and all(layer.synchronized for layer in norms)
+    assert not any(
+        layer.synchronized
+        for layer in models.small_cnn().layers
+        if isinstance(layer, tf.keras.layers.BatchNormalization)
+    )
 
 
 @pytest.mark.parametrize("name", ["small_cnn", "nin"])
 def test_shift_batch_norm_option(name, rng):
     from xnor_larq import ShiftBatchNormalization
 
-    model = models.get_builder(name)(mode="bnn", batch_norm="shift", num_classes=3,
-                                     input_shape=SMALL_INPUTS[name])
-    kinds = {type(l) for l in model.layers}
+    model = models.get_builder(name)(
+        mode="bnn", batch_norm="shift", num_classes=3, input_shape=SMALL_INPUTS[name]
+    )
+    kinds = {type(layer) for layer in model.layers}
     assert ShiftBatchNormalization in kinds and tf.keras.layers.BatchNormalization not in kinds
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", run_eagerly=True)
     x = rng.normal(size=(4, *SMALL_INPUTS[name])).astype("float32")

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from references import np_ap2
+
 from xnor_larq import ShiftBatchNormalization
 
 
@@ -38,9 +38,9 @@ def test_training_and_inference_match_numpy(rng, shape, axis):
     moving_mean, moving_variance = layer.moving_mean.numpy(), layer.moving_variance.numpy()
     reshape = [1] * len(shape)
     reshape[axis] = -1
-    inference = ((x - moving_mean.reshape(reshape))
-                 * np_ap2(1 / np.sqrt(moving_variance + 1e-3)).reshape(reshape)
-                 * np_ap2(gamma).reshape(reshape) + beta.reshape(reshape))
+    inference = (x - moving_mean.reshape(reshape)) * np_ap2(
+        1 / np.sqrt(moving_variance + 1e-3)
+    ).reshape(reshape) * np_ap2(gamma).reshape(reshape) + beta.reshape(reshape)
     for output in (layer(x), layer(x, training=False)):
         np.testing.assert_allclose(output, inference, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(layer.moving_mean, moving_mean)  # inference changes nothing
@@ -50,15 +50,16 @@ def test_every_scale_is_a_power_of_two(rng):
     # Integers in a batch of 8 make the mean exact, so y / (x - μ) is the applied
     # scale AP2(γ)·AP2(1/sqrt(σ²+ε)) with no rounding.
     x = rng.integers(-20, 20, size=(8, 4)).astype("float32")
-    layer = ShiftBatchNormalization(center=False, gamma_initializer=tf.constant_initializer(
-        [0.3, 1.7, 5.0, 0.01]))
+    layer = ShiftBatchNormalization(
+        center=False, gamma_initializer=tf.constant_initializer([0.3, 1.7, 5.0, 0.01])
+    )
     y = layer(x, training=True).numpy()
     centered = x - x.mean(axis=0)
     nonzero = centered != 0
     scale = y[nonzero] / centered[nonzero]
     mantissa, _ = np.frexp(scale)
     assert np.all(mantissa == 0.5)
-    mantissa, _ = np.frexp((layer(x, training=False).numpy() / (x - layer.moving_mean.numpy())))
+    mantissa, _ = np.frexp(layer(x, training=False).numpy() / (x - layer.moving_mean.numpy()))
     assert np.all(mantissa == 0.5)
 
 

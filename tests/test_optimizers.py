@@ -4,16 +4,20 @@ import larq as lq
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from references import np_ap2
+
 from xnor_larq import ShiftAdaMax, ShiftBatchNormalization
 
 
-# Keras keeps hyperparameters as float32 variables; the reference uses the same values.
-F32 = lambda value: float(np.float32(value))  # noqa: E731
+def F32(value):  # noqa: N802
+    """Keras keeps hyperparameters as float32 variables; the reference uses the same."""
+    return float(np.float32(value))
 
 
-def np_shift_adamax(theta, grads, lr, beta_1=F32(0.9), beta_2=F32(0.999), epsilon=1e-7):
+BETA_1, BETA_2 = F32(0.9), F32(0.999)
+
+
+def np_shift_adamax(theta, grads, lr, beta_1=BETA_1, beta_2=BETA_2, epsilon=1e-7):
     m = np.zeros_like(theta)
     v = np.zeros_like(theta)
     trajectory = []
@@ -60,7 +64,9 @@ def test_zero_gradients_stay_finite():
 
 def _model():
     inputs = tf.keras.Input((6,))
-    x = lq.layers.QuantDense(8, kernel_quantizer="ste_sign", kernel_constraint="weight_clip")(inputs)
+    x = lq.layers.QuantDense(8, kernel_quantizer="ste_sign", kernel_constraint="weight_clip")(
+        inputs
+    )
     x = ShiftBatchNormalization()(x)
     outputs = tf.keras.layers.Dense(3, activation="softmax")(x)
     return tf.keras.Model(inputs, outputs)
@@ -84,10 +90,13 @@ def test_fit_under_mirrored_strategy_and_in_case_optimizer(mirrored_strategy, rn
     assert any(not np.array_equal(b, w.numpy()) for b, w in zip(before, model.trainable_weights))
     with mirrored_strategy.scope():
         model = _model()
-        model.compile(optimizer=lq.optimizers.CaseOptimizer(
-            (lq.optimizers.Bop.is_binary_variable, ShiftAdaMax(0.01)),
-            default_optimizer=tf.keras.optimizers.legacy.Adam(0.01)),
-            loss="sparse_categorical_crossentropy")
+        model.compile(
+            optimizer=lq.optimizers.CaseOptimizer(
+                (lq.optimizers.Bop.is_binary_variable, ShiftAdaMax(0.01)),
+                default_optimizer=tf.keras.optimizers.legacy.Adam(0.01),
+            ),
+            loss="sparse_categorical_crossentropy",
+        )
     assert np.isfinite(model.fit(x, y, batch_size=16, verbose=0).history["loss"][0])
 
 
@@ -96,8 +105,10 @@ def test_save_load_with_optimizer_state(tmp_path, rng, filename):
     x = rng.normal(size=(16, 6)).astype("float32")
     y = rng.integers(0, 3, size=16)
     model = _model()
-    model.compile(optimizer=ShiftAdaMax(learning_rate=0.004, beta_1=0.8),
-                  loss="sparse_categorical_crossentropy")
+    model.compile(
+        optimizer=ShiftAdaMax(learning_rate=0.004, beta_1=0.8),
+        loss="sparse_categorical_crossentropy",
+    )
     model.fit(x, y, epochs=1, verbose=0)
     model.save(tmp_path / filename)
     loaded = tf.keras.models.load_model(tmp_path / filename)

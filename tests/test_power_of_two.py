@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from references import np_ap2
+
 from xnor_larq import ap2
 
 

@@ -96,7 +96,9 @@ def test_scaled_sign_rejects_bad_arguments():
     with pytest.raises(ValueError, match="rank >= 2"):
         scaled_sign(tf.ones((4,)))
     # A vector is fine with one scale for the whole tensor.
-    np.testing.assert_allclose(scaled_sign(tf.constant([-2.0, 1.0]), per_channel=False), [-1.5, 1.5])
+    np.testing.assert_allclose(
+        scaled_sign(tf.constant([-2.0, 1.0]), per_channel=False), [-1.5, 1.5]
+    )
 
 
 def test_string_aliases_resolve():

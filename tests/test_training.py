@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +19,15 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def synthetic_config(tmp_path, **overrides):
-    settings = dict(dataset="synthetic", epochs=1, batch_size=32, train_subset=256,
-                    output_dir=str(tmp_path / "run"), seed=5, verbose_unused=None)
+    settings = dict(
+        dataset="synthetic",
+        epochs=1,
+        batch_size=32,
+        train_subset=256,
+        output_dir=str(tmp_path / "run"),
+        seed=5,
+        verbose_unused=None,
+    )
     settings.pop("verbose_unused")
     settings.update(overrides)
     return training.TrainConfig(**settings)
@@ -49,10 +55,12 @@ def test_two_replicas_match_one_device(tmp_path, mode, subset):
     # Binary nets amplify float rounding (a pre-activation near 0 flips sign), so
     # the binary comparison runs two steps; the float twin runs a whole epoch.
     common = dict(mode=mode, train_subset=subset)
-    one = training.train(synthetic_config(tmp_path / "one", devices=["/cpu:0"], **common),
-                         verbose=0)
-    two = training.train(synthetic_config(tmp_path / "two", devices=["/cpu:0", "/cpu:1"],
-                                          **common), verbose=0)
+    one = training.train(
+        synthetic_config(tmp_path / "one", devices=["/cpu:0"], **common), verbose=0
+    )
+    two = training.train(
+        synthetic_config(tmp_path / "two", devices=["/cpu:0", "/cpu:1"], **common), verbose=0
+    )
     assert one["replicas"] == 1 and two["replicas"] == 2
     loss_one = float(read_history(tmp_path / "one" / "run" / "history.csv")[0]["loss"])
     loss_two = float(read_history(tmp_path / "two" / "run" / "history.csv")[0]["loss"])
@@ -62,8 +70,9 @@ def test_two_replicas_match_one_device(tmp_path, mode, subset):
 
 def test_global_batch_must_divide_by_replicas(tmp_path):
     with pytest.raises(ValueError, match="must divide by the 2 replicas"):
-        training.train(synthetic_config(tmp_path, batch_size=33,
-                                        devices=["/cpu:0", "/cpu:1"]), verbose=0)
+        training.train(
+            synthetic_config(tmp_path, batch_size=33, devices=["/cpu:0", "/cpu:1"]), verbose=0
+        )
 
 
 def test_resume_refuses_other_settings(tmp_path):
@@ -87,10 +96,22 @@ def _subprocess_env(**extra):
 
 def test_kill_minus_9_in_epoch_2_then_rerun_resumes(tmp_path):
     output = tmp_path / "run"
-    command = _cli("train", "--dataset", "synthetic", "--epochs", "3", "--batch-size", "16",
-                   "--output-dir", str(output), "--seed", "1")
-    process = subprocess.Popen(command, env=_subprocess_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
+    command = _cli(
+        "train",
+        "--dataset",
+        "synthetic",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--output-dir",
+        str(output),
+        "--seed",
+        "1",
+    )
+    process = subprocess.Popen(
+        command, env=_subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     history = output / "history.csv"
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
@@ -105,8 +126,9 @@ def test_kill_minus_9_in_epoch_2_then_rerun_resumes(tmp_path):
     finished = len(read_history(history))
     assert finished < 3
 
-    rerun = subprocess.run(command, env=_subprocess_env(), capture_output=True, text=True,
-                           timeout=300)
+    rerun = subprocess.run(
+        command, env=_subprocess_env(), capture_output=True, text=True, timeout=300
+    )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"Resuming {output} after epoch {finished}" in rerun.stdout
     assert [int(r["epoch"]) for r in read_history(history)] == [0, 1, 2]
@@ -126,19 +148,35 @@ def test_two_workers_on_localhost_finish_an_epoch(tmp_path):
     processes = []
     for index in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        processes.append(subprocess.Popen(
-            _cli("train", "--strategy", "multi-worker", "--dataset", "synthetic",
-                 "--epochs", "1", "--batch-size", "32", "--train-subset", "256",
-                 "--output-dir", str(output)),
-            env=_subprocess_env(TF_CONFIG=json.dumps(tf_config)),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ))
+        processes.append(
+            subprocess.Popen(
+                _cli(
+                    "train",
+                    "--strategy",
+                    "multi-worker",
+                    "--dataset",
+                    "synthetic",
+                    "--epochs",
+                    "1",
+                    "--batch-size",
+                    "32",
+                    "--train-subset",
+                    "256",
+                    "--output-dir",
+                    str(output),
+                ),
+                env=_subprocess_env(TF_CONFIG=json.dumps(tf_config)),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     try:
         outputs = [p.communicate(timeout=400) for p in processes]
     finally:
         for p in processes:
             p.kill()
-    for p, (out, err) in zip(processes, outputs):
+    for p, (_, err) in zip(processes, outputs):
         assert p.returncode == 0, err[-3000:]
     report = json.loads((output / "report.json").read_text())
     assert report["replicas"] == 2
@@ -151,9 +189,11 @@ def test_multi_worker_without_tf_config_says_how(tmp_path, monkeypatch):
         training.train(synthetic_config(tmp_path, strategy="multi-worker"), verbose=0)
 
 
-@pytest.mark.skipif(mnist.find_idx_dir("fashion_mnist") is None,
-                    reason="Fashion-MNIST is not installed (apt-get install "
-                           "dataset-fashion-mnist, or put the idx files in ~/.keras/datasets)")
+@pytest.mark.skipif(
+    mnist.find_idx_dir("fashion_mnist") is None,
+    reason="Fashion-MNIST is not installed (apt-get install "
+    "dataset-fashion-mnist, or put the idx files in ~/.keras/datasets)",
+)
 def test_short_real_fashion_mnist_run_reaches_80_percent(tmp_path):
     report = training.train(
         training.TrainConfig(epochs=2, train_subset=20000, output_dir=str(tmp_path / "fm")),

@@ -25,9 +25,7 @@ def ensure_legacy_keras() -> None:
     """Select Keras 2 for TensorFlow, or raise ImportError saying what to do."""
     value = os.environ.get(_ENV)
     if value is not None and value not in _TRUE:
-        raise ImportError(
-            f"{_ENV}={value!r} asks TensorFlow for Keras 3. {_HOW_TO_FIX}"
-        )
+        raise ImportError(f"{_ENV}={value!r} asks TensorFlow for Keras 3. {_HOW_TO_FIX}")
     os.environ[_ENV] = "1"
 
     tf = sys.modules.get("tensorflow")

@@ -20,12 +20,17 @@ def _optional_float(text):
 
 
 def _add_common(parser):
-    parser.add_argument("--dataset", default="fashion_mnist",
-                        help="fashion_mnist, mnist, cifar10, cifar100, imagenet or synthetic")
-    parser.add_argument("--data-dir", default=None,
-                        help="folder with the dataset's files (searched first)")
-    parser.add_argument("--batch-size", type=int, default=128,
-                        help="the global batch, split over the replicas")
+    parser.add_argument(
+        "--dataset",
+        default="fashion_mnist",
+        help="fashion_mnist, mnist, cifar10, cifar100, imagenet or synthetic",
+    )
+    parser.add_argument(
+        "--data-dir", default=None, help="folder with the dataset's files (searched first)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=128, help="the global batch, split over the replicas"
+    )
     parser.add_argument("--image-size", type=int, default=224, help="ImageNet crop size")
 
 
@@ -37,41 +42,81 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train (or resume) a model, print its test accuracy")
-    train.add_argument("--model", default=defaults.model,
-                       help="small_cnn, nin, binarynet_vgg, alexnet, resnet18, googlenet, "
-                            "or zoo:<LarqZooModel> (e.g. zoo:XNORNet)")
+    train.add_argument(
+        "--model",
+        default=defaults.model,
+        help="small_cnn, nin, binarynet_vgg, alexnet, resnet18, googlenet, "
+        "or zoo:<LarqZooModel> (e.g. zoo:XNORNet)",
+    )
     _add_common(train)
-    train.add_argument("--mode", default=defaults.mode,
-                       choices=["fp", "bwn", "xnor", "bnn", "larq"],
-                       help="larq: Larq's QuantConv2D with magnitude_aware_sign (baseline)")
+    train.add_argument(
+        "--mode",
+        default=defaults.mode,
+        choices=["fp", "bwn", "xnor", "bnn", "larq"],
+        help="larq: Larq's QuantConv2D with magnitude_aware_sign (baseline)",
+    )
     scaling = train.add_mutually_exclusive_group()
-    scaling.add_argument("--input-scaling", dest="input_scaling", action="store_true",
-                         default=None, help="force XNOR-Net's K on")
-    scaling.add_argument("--no-input-scaling", dest="input_scaling", action="store_false",
-                         help="turn K off (the ablation)")
-    train.add_argument("--stochastic", action="store_true",
-                       help="BNN's stochastic binarization (with --mode bnn)")
+    scaling.add_argument(
+        "--input-scaling",
+        dest="input_scaling",
+        action="store_true",
+        default=None,
+        help="force XNOR-Net's K on",
+    )
+    scaling.add_argument(
+        "--no-input-scaling",
+        dest="input_scaling",
+        action="store_false",
+        help="turn K off (the ablation)",
+    )
+    train.add_argument(
+        "--stochastic", action="store_true", help="BNN's stochastic binarization (with --mode bnn)"
+    )
     train.add_argument("--epochs", type=int, default=defaults.epochs)
     train.add_argument("--lr", type=float, default=defaults.lr)
     train.add_argument("--optimizer", default=defaults.optimizer, choices=OPTIMIZERS)
     train.add_argument("--schedule", default=defaults.schedule, choices=SCHEDULES)
-    train.add_argument("--batch-norm", default=defaults.batch_norm, choices=["standard", "shift"],
-                       help="Keras's BatchNormalization or BNN's shift-based one")
-    train.add_argument("--weight-clip", type=_optional_float, default=defaults.weight_clip,
-                       help="clip latent binary weights to [-v, v] (none: no clip)")
-    train.add_argument("--augment", default=None, choices=["none", "shift", "crop_flip"],
-                       help="default: crop_flip for CIFAR, none for the 28x28 sets")
-    train.add_argument("--train-subset", type=int, default=0,
-                       help="use only the first N training images (0: all)")
+    train.add_argument(
+        "--batch-norm",
+        default=defaults.batch_norm,
+        choices=["standard", "shift"],
+        help="Keras's BatchNormalization or BNN's shift-based one",
+    )
+    train.add_argument(
+        "--weight-clip",
+        type=_optional_float,
+        default=defaults.weight_clip,
+        help="clip latent binary weights to [-v, v] (none: no clip)",
+    )
+    train.add_argument(
+        "--augment",
+        default=None,
+        choices=["none", "shift", "crop_flip"],
+        help="default: crop_flip for CIFAR, none for the 28x28 sets",
+    )
+    train.add_argument(
+        "--train-subset", type=int, default=0, help="use only the first N training images (0: all)"
+    )
     train.add_argument("--seed", type=int, default=defaults.seed)
-    train.add_argument("--strategy", default=defaults.strategy, choices=STRATEGIES,
-                       help="mirrored: all local GPUs (or the CPU); multi-worker: "
-                            "MultiWorkerMirroredStrategy from TF_CONFIG")
-    train.add_argument("--devices", nargs="+", default=[],
-                       help="devices for --strategy mirrored, e.g. /gpu:0 /gpu:1")
-    train.add_argument("--output-dir", default=defaults.output_dir,
-                       help="checkpoints, history.csv, TensorBoard logs, model.keras and "
-                            "report.json; rerun the same command to resume")
+    train.add_argument(
+        "--strategy",
+        default=defaults.strategy,
+        choices=STRATEGIES,
+        help="mirrored: all local GPUs (or the CPU); multi-worker: "
+        "MultiWorkerMirroredStrategy from TF_CONFIG",
+    )
+    train.add_argument(
+        "--devices",
+        nargs="+",
+        default=[],
+        help="devices for --strategy mirrored, e.g. /gpu:0 /gpu:1",
+    )
+    train.add_argument(
+        "--output-dir",
+        default=defaults.output_dir,
+        help="checkpoints, history.csv, TensorBoard logs, model.keras and "
+        "report.json; rerun the same command to resume",
+    )
     train.add_argument("--weights", default=None, help="a local weights file to start from")
     train.set_defaults(func=_train)
 
@@ -81,14 +126,17 @@ def build_parser():
     evaluate.set_defaults(func=_evaluate)
 
     bench = commands.add_parser(
-        "bench", help="benchmarks: write JSON results and regenerate docs/RESULTS.md",
+        "bench",
+        help="benchmarks: write JSON results and regenerate docs/RESULTS.md",
         description="Run a suite (its own options follow it; see `xnor-larq bench SUITE "
-                    "--help`), save its JSON in --results-dir and regenerate the document. "
-                    "`report` only regenerates the document; `layer-speed` only prints.")
+        "--help`), save its JSON in --results-dir and regenerate the document. "
+        "`report` only regenerates the document; `layer-speed` only prints.",
+    )
     bench.add_argument("--results-dir", default="docs/results")
     bench.add_argument("--doc", default="docs/RESULTS.md")
-    bench.add_argument("suite", choices=["accuracy", "speed", "size", "shift-bnn", "report",
-                                         "layer-speed"])
+    bench.add_argument(
+        "suite", choices=["accuracy", "speed", "size", "shift-bnn", "report", "layer-speed"]
+    )
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
     return parser
@@ -108,9 +156,11 @@ def _train(args):
     from xnor_larq.training import train
 
     report = train(_config_from_args(args))
-    print(f"test accuracy: {report['test_accuracy']:.4f}  ({report['model']}, "
-          f"mode={report['mode']}, {report['epochs']} epochs, "
-          f"{report['wall_time_s']:.0f} s of training, devices: {report['devices']})")
+    print(
+        f"test accuracy: {report['test_accuracy']:.4f}  ({report['model']}, "
+        f"mode={report['mode']}, {report['epochs']} epochs, "
+        f"{report['wall_time_s']:.0f} s of training, devices: {report['devices']})"
+    )
     print(f"report: {os.path.join(args.output_dir, 'report.json')}")
 
 

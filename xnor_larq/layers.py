@@ -72,9 +72,7 @@ class _InputScaled:
             ("input_scaling_gradient", input_scaling_gradient),
         ):
             if not isinstance(value, bool):
-                raise ValueError(
-                    f"`{name}` must be True or False. Received: {name}={value!r}"
-                )
+                raise ValueError(f"`{name}` must be True or False. Received: {name}={value!r}")
         self.input_scaling = input_scaling
         self.input_scaling_gradient = input_scaling_gradient
 
@@ -89,8 +87,9 @@ class _InputScaled:
         if not self.input_scaling_gradient:
             scale = tf.stop_gradient(scale)
         # K multiplies the binary product itself, before bias and activation.
-        with lq_utils.patch_object(self, "use_bias", False), lq_utils.patch_object(
-            self, "activation", None
+        with (
+            lq_utils.patch_object(self, "use_bias", False),
+            lq_utils.patch_object(self, "activation", None),
         ):
             outputs = super().call(inputs)
         outputs = outputs * scale
@@ -157,8 +156,7 @@ class ScaledQuantConv2D(_InputScaled, lq.layers.QuantConv2D):
             )
         if kwargs.get("groups", 1) != 1:
             raise ValueError(
-                "ScaledQuantConv2D supports only groups=1. "
-                f"Received: groups={kwargs['groups']!r}"
+                f"ScaledQuantConv2D supports only groups=1. Received: groups={kwargs['groups']!r}"
             )
         self._init_scaling(input_scaling, input_scaling_gradient)
         super().__init__(filters, kernel_size, *args, **kwargs)

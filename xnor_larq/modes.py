@@ -69,8 +69,7 @@ def binary_layer_kwargs(
         )
     if stochastic and mode != "bnn":
         raise ValueError(
-            "`stochastic=True` is BNN's binarization and needs mode='bnn'. "
-            f"Received: mode={mode!r}"
+            f"`stochastic=True` is BNN's binarization and needs mode='bnn'. Received: mode={mode!r}"
         )
     if weight_clip is not None and not weight_clip > 0:
         raise ValueError(
@@ -98,7 +97,8 @@ def binary_layer_kwargs(
         kwargs = {"input_quantizer": sign(), "kernel_quantizer": sign()}
     if mode != "fp":
         kwargs["kernel_constraint"] = (
-            None if weight_clip is None
+            None
+            if weight_clip is None
             else {"class_name": "WeightClip", "config": {"clip_value": weight_clip}}
         )
     kwargs["input_scaling"] = (mode == "xnor") if input_scaling is None else input_scaling

@@ -39,11 +39,23 @@ class ShiftBatchNormalization(tf.keras.layers.Layer):
     Under a multi-replica strategy each replica normalizes with its own batch.
     """
 
-    def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
-                 beta_initializer="zeros", gamma_initializer="ones",
-                 moving_mean_initializer="zeros", moving_variance_initializer="ones",
-                 beta_regularizer=None, gamma_regularizer=None, beta_constraint=None,
-                 gamma_constraint=None, **kwargs):
+    def __init__(
+        self,
+        axis=-1,
+        momentum=0.99,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        moving_mean_initializer="zeros",
+        moving_variance_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if isinstance(axis, bool) or not isinstance(axis, int):
             raise ValueError(f"`axis` must be an integer. Received: axis={axis!r}")
@@ -70,9 +82,7 @@ class ShiftBatchNormalization(tf.keras.layers.Layer):
         input_shape = tf.TensorShape(input_shape)
         rank = input_shape.rank
         if rank is None or not -rank <= self.axis < rank:
-            raise ValueError(
-                f"`axis={self.axis}` is out of range for inputs of rank {rank}."
-            )
+            raise ValueError(f"`axis={self.axis}` is out of range for inputs of rank {rank}.")
         self._axis = self.axis % rank
         channels = input_shape[self._axis]
         if channels is None:
@@ -82,21 +92,40 @@ class ShiftBatchNormalization(tf.keras.layers.Layer):
         self._broadcast_shape = [1] * rank
         self._broadcast_shape[self._axis] = channels
         shape = (channels,)
-        self.gamma = self.add_weight(
-            name="gamma", shape=shape, initializer=self.gamma_initializer,
-            regularizer=self.gamma_regularizer, constraint=self.gamma_constraint,
-        ) if self.scale else None
-        self.beta = self.add_weight(
-            name="beta", shape=shape, initializer=self.beta_initializer,
-            regularizer=self.beta_regularizer, constraint=self.beta_constraint,
-        ) if self.center else None
-        moving = dict(shape=shape, trainable=False,
-                      synchronization=tf.VariableSynchronization.ON_READ,
-                      aggregation=tf.VariableAggregation.MEAN)
+        self.gamma = (
+            self.add_weight(
+                name="gamma",
+                shape=shape,
+                initializer=self.gamma_initializer,
+                regularizer=self.gamma_regularizer,
+                constraint=self.gamma_constraint,
+            )
+            if self.scale
+            else None
+        )
+        self.beta = (
+            self.add_weight(
+                name="beta",
+                shape=shape,
+                initializer=self.beta_initializer,
+                regularizer=self.beta_regularizer,
+                constraint=self.beta_constraint,
+            )
+            if self.center
+            else None
+        )
+        moving = dict(
+            shape=shape,
+            trainable=False,
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.MEAN,
+        )
         self.moving_mean = self.add_weight(
-            name="moving_mean", initializer=self.moving_mean_initializer, **moving)
+            name="moving_mean", initializer=self.moving_mean_initializer, **moving
+        )
         self.moving_variance = self.add_weight(
-            name="moving_variance", initializer=self.moving_variance_initializer, **moving)
+            name="moving_variance", initializer=self.moving_variance_initializer, **moving
+        )
         super().build(input_shape)
 
     def _broadcast(self, value):
@@ -112,7 +141,9 @@ class ShiftBatchNormalization(tf.keras.layers.Layer):
             centered = inputs - self._broadcast(mean)
             variance = tf.reduce_mean(centered * ap2(centered), axis=self._reduction_axes)
             for moving, value in ((self.moving_mean, mean), (self.moving_variance, variance)):
-                moving.assign(moving * self.momentum + tf.stop_gradient(value) * (1 - self.momentum))
+                moving.assign(
+                    moving * self.momentum + tf.stop_gradient(value) * (1 - self.momentum)
+                )
             return centered, variance
 
         def moving_statistics():
@@ -120,7 +151,8 @@ class ShiftBatchNormalization(tf.keras.layers.Layer):
             return centered, tf.cast(self.moving_variance, inputs.dtype)
 
         centered, variance = tf.__internal__.smart_cond.smart_cond(
-            training, batch_statistics, moving_statistics)
+            training, batch_statistics, moving_statistics
+        )
         outputs = centered * self._broadcast(ap2(tf.math.rsqrt(variance + self.epsilon)))
         if self.scale:
             outputs = outputs * self._broadcast(ap2(self.gamma))

@@ -34,8 +34,15 @@ class ShiftAdaMax(tf.keras.optimizers.legacy.Optimizer):
 
     _HAS_AGGREGATE_GRAD = True
 
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
-                 name="ShiftAdaMax", **kwargs):
+    def __init__(
+        self,
+        learning_rate=0.001,
+        beta_1=0.9,
+        beta_2=0.999,
+        epsilon=1e-7,
+        name="ShiftAdaMax",
+        **kwargs,
+    ):
         for key, value in (("beta_1", beta_1), ("beta_2", beta_2)):
             if not callable(value) and not 0.0 <= value < 1.0:
                 raise ValueError(f"`{key}` must be in [0, 1). Received: {key}={value!r}")

@@ -21,8 +21,10 @@ def _ap2(x):
     magnitude = tf.abs(x)
     nonzero = magnitude > 0
     # log2 of a zero is -inf; a placeholder 1 keeps the gradient graph finite.
-    exponent = tf.round(tf.math.log(tf.where(nonzero, magnitude, tf.ones_like(x)))
-                        / tf.math.log(tf.constant(2.0, x.dtype)))
+    exponent = tf.round(
+        tf.math.log(tf.where(nonzero, magnitude, tf.ones_like(x)))
+        / tf.math.log(tf.constant(2.0, x.dtype))
+    )
     # pow(2, integer) is exact in float32 and float64 for the normal range.
     power = tf.pow(tf.constant(2.0, x.dtype), exponent)
     return tf.where(nonzero, tf.sign(x) * power, tf.zeros_like(x))

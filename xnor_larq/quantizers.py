@@ -33,8 +33,7 @@ BACKWARD_MODES = ("paper", "exact", "ste")
 def _check_backward(backward):
     if backward not in BACKWARD_MODES:
         raise ValueError(
-            f"`backward` must be one of {BACKWARD_MODES}. Received: "
-            f"backward={backward!r}"
+            f"`backward` must be one of {BACKWARD_MODES}. Received: backward={backward!r}"
         )
 
 
@@ -103,9 +102,7 @@ def scaled_sign(
             n = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), x.dtype)
             if backward == "paper":
                 return dy / n + through
-            return through + signs / n * tf.reduce_sum(
-                dy * signs, axis=axes, keepdims=True
-            )
+            return through + signs / n * tf.reduce_sum(dy * signs, axis=axes, keepdims=True)
 
         return alpha * signs, grad
 

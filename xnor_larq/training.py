@@ -68,25 +68,43 @@ class TrainConfig:
 
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
-            check(isinstance(value, int) and value >= 1,
-                  f"--{name.replace('_', '-')} must be a positive integer. Received: {value!r}")
+            check(
+                isinstance(value, int) and value >= 1,
+                f"--{name.replace('_', '-')} must be a positive integer. Received: {value!r}",
+            )
         check(self.lr > 0, f"--lr must be positive. Received: {self.lr!r}")
-        check(self.train_subset >= 0,
-              f"--train-subset must be 0 (all) or positive. Received: {self.train_subset}")
-        check(self.optimizer in OPTIMIZERS,
-              f"--optimizer must be one of {OPTIMIZERS}. Received: {self.optimizer!r}")
-        check(self.schedule in SCHEDULES,
-              f"--schedule must be one of {SCHEDULES}. Received: {self.schedule!r}")
-        check(self.strategy in STRATEGIES,
-              f"--strategy must be one of {STRATEGIES}. Received: {self.strategy!r}")
-        check(self.dataset in data_lib.DATASETS,
-              f"--dataset must be one of {data_lib.DATASETS}. Received: {self.dataset!r}")
-        check(self.batch_norm in ("standard", "shift"),
-              f"--batch-norm must be standard or shift. Received: {self.batch_norm!r}")
-        check(not (self.batch_norm == "shift" and self.model.startswith("zoo:")),
-              "--batch-norm shift needs one of our model builders, not a Larq Zoo model")
-        check(self.weight_clip is None or self.weight_clip > 0,
-              f"--weight-clip must be positive. Received: {self.weight_clip!r}")
+        check(
+            self.train_subset >= 0,
+            f"--train-subset must be 0 (all) or positive. Received: {self.train_subset}",
+        )
+        check(
+            self.optimizer in OPTIMIZERS,
+            f"--optimizer must be one of {OPTIMIZERS}. Received: {self.optimizer!r}",
+        )
+        check(
+            self.schedule in SCHEDULES,
+            f"--schedule must be one of {SCHEDULES}. Received: {self.schedule!r}",
+        )
+        check(
+            self.strategy in STRATEGIES,
+            f"--strategy must be one of {STRATEGIES}. Received: {self.strategy!r}",
+        )
+        check(
+            self.dataset in data_lib.DATASETS,
+            f"--dataset must be one of {data_lib.DATASETS}. Received: {self.dataset!r}",
+        )
+        check(
+            self.batch_norm in ("standard", "shift"),
+            f"--batch-norm must be standard or shift. Received: {self.batch_norm!r}",
+        )
+        check(
+            not (self.batch_norm == "shift" and self.model.startswith("zoo:")),
+            "--batch-norm shift needs one of our model builders, not a Larq Zoo model",
+        )
+        check(
+            self.weight_clip is None or self.weight_clip > 0,
+            f"--weight-clip must be positive. Received: {self.weight_clip!r}",
+        )
         get_builder(self.model)  # unknown model: lists the choices
 
 
@@ -103,18 +121,23 @@ def make_strategy(name: str, devices=None) -> tf.distribute.Strategy:
             )
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "one-device":
-        device = devices[0] if devices else (
-            "/gpu:0" if tf.config.list_logical_devices("GPU") else "/cpu:0")
+        device = (
+            devices[0]
+            if devices
+            else ("/gpu:0" if tf.config.list_logical_devices("GPU") else "/cpu:0")
+        )
         return tf.distribute.OneDeviceStrategy(device)
     if name == "mirrored":
-        cpu_only = (all("cpu" in d.lower() for d in devices) if devices
-                    else not tf.config.list_logical_devices("GPU"))
+        cpu_only = (
+            all("cpu" in d.lower() for d in devices)
+            if devices
+            else not tf.config.list_logical_devices("GPU")
+        )
         # On CPUs the default cross-device ops are collectives whose instance keys
         # clash when a process builds a second strategy (shape-mismatch aborts);
         # reducing to one device is as fast there and safe.
         cross_device_ops = tf.distribute.ReductionToOneDevice() if cpu_only else None
-        return tf.distribute.MirroredStrategy(devices or None,
-                                              cross_device_ops=cross_device_ops)
+        return tf.distribute.MirroredStrategy(devices or None, cross_device_ops=cross_device_ops)
     raise ValueError(f"--strategy must be one of {STRATEGIES}. Received: {name!r}")
 
 
@@ -232,7 +255,8 @@ def _is_chief(strategy) -> bool:
     if resolver is None or not resolver.task_type:
         return True
     return resolver.task_type == "chief" or (
-        resolver.task_type == "worker" and resolver.task_id == 0
+        resolver.task_type == "worker"
+        and resolver.task_id == 0
         and "chief" not in resolver.cluster_spec().as_dict()
     )
 
@@ -243,7 +267,8 @@ def _check_resumable(config: TrainConfig, path: Path):
     saved = json.loads(path.read_text())
     current = asdict(config)
     changed = {
-        k: (saved.get(k), v) for k, v in current.items()
+        k: (saved.get(k), v)
+        for k, v in current.items()
         if k not in TrainConfig.RESUMABLE_CHANGES and saved.get(k) != v
     }
     if changed:
@@ -258,11 +283,16 @@ def build_model(config: TrainConfig, num_classes, input_shape):
     builder = get_builder(config.model)
     kwargs = dict(num_classes=num_classes, input_shape=input_shape)
     if config.model.startswith("zoo:"):
-        kwargs.update(mode=None if config.mode in (None, "xnor") else config.mode,
-                      weights=config.weights)
+        kwargs.update(
+            mode=None if config.mode in (None, "xnor") else config.mode, weights=config.weights
+        )
     else:
-        kwargs.update(mode=config.mode or "xnor", input_scaling=config.input_scaling,
-                      stochastic=config.stochastic, batch_norm=config.batch_norm)
+        kwargs.update(
+            mode=config.mode or "xnor",
+            input_scaling=config.input_scaling,
+            stochastic=config.stochastic,
+            batch_norm=config.batch_norm,
+        )
         if config.mode != "larq":  # Larq's baseline clips at 1, as Larq does
             kwargs["weight_clip"] = config.weight_clip
         if config.stochastic:
@@ -293,8 +323,12 @@ def train(config: TrainConfig, verbose=None) -> dict:
     write_json(output / "config.json", asdict(config))
 
     spec = data_lib.load_dataset(
-        config.dataset, data_dir=config.data_dir, batch_size=config.batch_size,
-        seed=config.seed, train_subset=config.train_subset, augment=config.augment,
+        config.dataset,
+        data_dir=config.data_dir,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        train_subset=config.train_subset,
+        augment=config.augment,
         image_size=config.image_size,
     )
     steps_per_epoch = (spec.train_size // config.batch_size) if spec.train_size else None
@@ -305,13 +339,12 @@ def train(config: TrainConfig, verbose=None) -> dict:
         optimizer = make_optimizer(
             config.optimizer, learning_rate_schedule(config.schedule, config.lr, total_steps)
         )
-        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
+        model.compile(
+            optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+        )
         epoch_variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
-                                         epoch=epoch_variable)
-    manager = tf.train.CheckpointManager(checkpoint, str(output / "checkpoints"),
-                                         max_to_keep=2)
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_variable)
+    manager = tf.train.CheckpointManager(checkpoint, str(output / "checkpoints"), max_to_keep=2)
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).expect_partial()
     initial_epoch = int(epoch_variable.numpy())
@@ -327,8 +360,14 @@ def train(config: TrainConfig, verbose=None) -> dict:
         verbose = 1 if os.isatty(1) else 2
     start = time.perf_counter()
     if initial_epoch < config.epochs:
-        model.fit(spec.train, epochs=config.epochs, initial_epoch=initial_epoch,
-                  validation_data=spec.test, callbacks=callbacks, verbose=verbose)
+        model.fit(
+            spec.train,
+            epochs=config.epochs,
+            initial_epoch=initial_epoch,
+            validation_data=spec.test,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
     wall_time = time.perf_counter() - start
     loss, accuracy = model.evaluate(spec.test, verbose=0)
 
@@ -359,10 +398,18 @@ def evaluate(model_path, config: TrainConfig) -> dict:
     if not Path(model_path).exists():
         raise FileNotFoundError(f"model file {model_path} not found")
     model = tf.keras.models.load_model(model_path)
-    spec = data_lib.load_dataset(config.dataset, data_dir=config.data_dir,
-                                 batch_size=config.batch_size, image_size=config.image_size)
+    spec = data_lib.load_dataset(
+        config.dataset,
+        data_dir=config.data_dir,
+        batch_size=config.batch_size,
+        image_size=config.image_size,
+    )
     model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     loss, accuracy = model.evaluate(spec.test, verbose=0)
-    return {"model_file": str(model_path), "dataset": config.dataset,
-            "test_accuracy": float(accuracy), "test_loss": float(loss),
-            **model_report(model)}
+    return {
+        "model_file": str(model_path),
+        "dataset": config.dataset,
+        "test_accuracy": float(accuracy),
+        "test_loss": float(loss),
+        **model_report(model),
+    }

@@ -30,25 +30,51 @@ SETTINGS = {
 MULTI_SEED = ("xnor_k", "xnor_no_k")
 
 
-def run(*, epochs, seeds, extra_seeds, dataset="fashion_mnist", output_dir="runs/accuracy",
-        train_subset=0, batch_size=128, lr=1e-3, schedule="cosine", settings=tuple(SETTINGS),
-        model="small_cnn"):
+def run(
+    *,
+    epochs,
+    seeds,
+    extra_seeds,
+    dataset="fashion_mnist",
+    output_dir="runs/accuracy",
+    train_subset=0,
+    batch_size=128,
+    lr=1e-3,
+    schedule="cosine",
+    settings=tuple(SETTINGS),
+    model="small_cnn",
+):
     from xnor_larq.training import TrainConfig, train
 
     runs = []
     for name in settings:
-        for seed in (extra_seeds if name in MULTI_SEED else seeds):
+        for seed in extra_seeds if name in MULTI_SEED else seeds:
             output = Path(output_dir) / f"{name}-seed{seed}"
-            config = TrainConfig(model=model, dataset=dataset, epochs=epochs, seed=seed,
-                                 batch_size=batch_size, lr=lr, schedule=schedule,
-                                 train_subset=train_subset, output_dir=str(output),
-                                 **SETTINGS[name])
+            config = TrainConfig(
+                model=model,
+                dataset=dataset,
+                epochs=epochs,
+                seed=seed,
+                batch_size=batch_size,
+                lr=lr,
+                schedule=schedule,
+                train_subset=train_subset,
+                output_dir=str(output),
+                **SETTINGS[name],
+            )
             report = train(config, verbose=2)
             with open(output / "history.csv", newline="") as f:
                 curve = [float(r["val_accuracy"]) for r in csv.DictReader(f)]
-            runs.append({"setting": name, "seed": seed, "test_accuracy": report["test_accuracy"],
-                         "val_accuracy_per_epoch": curve, "wall_time_s": report["wall_time_s"],
-                         "binarized_mac_ratio": report["binarized_mac_ratio"]})
+            runs.append(
+                {
+                    "setting": name,
+                    "seed": seed,
+                    "test_accuracy": report["test_accuracy"],
+                    "val_accuracy_per_epoch": curve,
+                    "wall_time_s": report["wall_time_s"],
+                    "binarized_mac_ratio": report["binarized_mac_ratio"],
+                }
+            )
             print(f"{name:<16} seed {seed}: {report['test_accuracy']:.4f}", flush=True)
     return runs, summarize(runs)
 
@@ -57,10 +83,13 @@ def summarize(runs):
     summary = {}
     for name in dict.fromkeys(r["setting"] for r in runs):
         accuracies = [r["test_accuracy"] for r in runs if r["setting"] == name]
-        summary[name] = {"mean": statistics.mean(accuracies),
-                         "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
-                         "min": min(accuracies), "max": max(accuracies),
-                         "seeds": len(accuracies)}
+        summary[name] = {
+            "mean": statistics.mean(accuracies),
+            "std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+            "min": min(accuracies),
+            "max": max(accuracies),
+            "seeds": len(accuracies),
+        }
     return summary
 
 
@@ -68,8 +97,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--k-seeds", type=int, nargs="+", default=[0, 1],
-                        help="seeds for the XNOR K on/off pair")
+    parser.add_argument(
+        "--k-seeds", type=int, nargs="+", default=[0, 1], help="seeds for the XNOR K on/off pair"
+    )
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     parser.add_argument("--dataset", default="fashion_mnist")
     parser.add_argument("--train-subset", type=int, default=0)
@@ -80,22 +110,46 @@ def main(argv=None):
     parser.add_argument("--json", help="write the results to this JSON file")
     args = parser.parse_args(argv)
 
-    runs, summary = run(epochs=args.epochs, seeds=args.seeds, extra_seeds=args.k_seeds,
-                        dataset=args.dataset, output_dir=args.output_dir,
-                        train_subset=args.train_subset, batch_size=args.batch_size,
-                        lr=args.lr, schedule=args.schedule, settings=args.settings)
+    runs, summary = run(
+        epochs=args.epochs,
+        seeds=args.seeds,
+        extra_seeds=args.k_seeds,
+        dataset=args.dataset,
+        output_dir=args.output_dir,
+        train_subset=args.train_subset,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        schedule=args.schedule,
+        settings=args.settings,
+    )
     for name, s in summary.items():
         print(f"{name:<16} {s['mean'] * 100:6.2f}% ± {s['std'] * 100:.2f} ({s['seeds']} seeds)")
     from xnor_larq.benchmarks.layer_speed import machine_info
 
-    report = {"benchmark": "accuracy", "machine": machine_info(),
-              "command": " ".join([sys.executable, "-m", "xnor_larq.benchmarks.accuracy",
-                                   *(argv if argv is not None else sys.argv[1:])]),
-              "budget": {"model": "small_cnn", "dataset": args.dataset, "epochs": args.epochs,
-                         "batch_size": args.batch_size, "lr": args.lr,
-                         "schedule": args.schedule, "train_subset": args.train_subset,
-                         "optimizer": "adam"},
-              "runs": runs, "summary": summary}
+    report = {
+        "benchmark": "accuracy",
+        "machine": machine_info(),
+        "command": " ".join(
+            [
+                sys.executable,
+                "-m",
+                "xnor_larq.benchmarks.accuracy",
+                *(argv if argv is not None else sys.argv[1:]),
+            ]
+        ),
+        "budget": {
+            "model": "small_cnn",
+            "dataset": args.dataset,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "schedule": args.schedule,
+            "train_subset": args.train_subset,
+            "optimizer": "adam",
+        },
+        "runs": runs,
+        "summary": summary,
+    }
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -24,6 +24,7 @@ import sys
 import time
 
 import xnor_larq  # noqa: F401  (Keras 2 before TensorFlow)
+
 import larq as lq  # isort: skip
 import tensorflow as tf  # isort: skip
 
@@ -106,10 +107,7 @@ def run(shapes, batch_size, repeats):
     for shape_name in shapes:
         height, width, c_in, c_out = SHAPES[shape_name]
         inputs = tf.random.normal((batch_size, height, width, c_in))
-        steps = {
-            name: make_train_step(layer, inputs)
-            for name, layer in make_layers(c_out).items()
-        }
+        steps = {name: make_train_step(layer, inputs) for name, layer in make_layers(c_out).items()}
         times = time_steps(steps, repeats)
         medians = {name: statistics.median(t) for name, t in times.items()}
         results.append(
@@ -119,8 +117,7 @@ def run(shapes, batch_size, repeats):
                 "filters": c_out,
                 "median_step_s": medians,
                 "min_step_s": {name: min(t) for name, t in times.items()},
-                "ratio_xnor_k_over_larq": medians["xnor_k"]
-                / medians["larq_magnitude_aware"],
+                "ratio_xnor_k_over_larq": medians["xnor_k"] / medians["larq_magnitude_aware"],
                 "ratio_xnor_k_over_xnor_no_k": medians["xnor_k"] / medians["xnor_no_k"],
                 "ratio_xnor_k_over_float": medians["xnor_k"] / medians["float"],
             }
@@ -154,8 +151,14 @@ def main(argv=None):
     results = run(args.shapes, args.batch_size, args.repeats)
     report = {
         "benchmark": "layer_speed",
-        "command": " ".join([sys.executable, "-m", "xnor_larq.benchmarks.layer_speed",
-                             *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join(
+            [
+                sys.executable,
+                "-m",
+                "xnor_larq.benchmarks.layer_speed",
+                *(argv if argv is not None else sys.argv[1:]),
+            ]
+        ),
         "machine": machine_info(),
         "results": results,
     }

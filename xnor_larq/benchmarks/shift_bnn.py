@@ -22,24 +22,45 @@ SETTINGS = {
 }
 
 
-def run(epochs, seeds, dataset, output_dir, train_subset=0, lr=1e-3, batch_size=128,
-        settings=tuple(SETTINGS)):
+def run(
+    epochs,
+    seeds,
+    dataset,
+    output_dir,
+    train_subset=0,
+    lr=1e-3,
+    batch_size=128,
+    settings=tuple(SETTINGS),
+):
     from xnor_larq.training import TrainConfig, train
 
     runs = []
     for seed in seeds:
         for name in settings:
-            config = TrainConfig(model="small_cnn", mode="bnn", dataset=dataset, epochs=epochs,
-                                 seed=seed, lr=lr, batch_size=batch_size,
-                                 train_subset=train_subset,
-                                 output_dir=str(Path(output_dir) / f"{name}-seed{seed}"),
-                                 **SETTINGS[name])
+            config = TrainConfig(
+                model="small_cnn",
+                mode="bnn",
+                dataset=dataset,
+                epochs=epochs,
+                seed=seed,
+                lr=lr,
+                batch_size=batch_size,
+                train_subset=train_subset,
+                output_dir=str(Path(output_dir) / f"{name}-seed{seed}"),
+                **SETTINGS[name],
+            )
             report = train(config, verbose=2)
-            runs.append({"setting": name, "seed": seed,
-                         "test_accuracy": report["test_accuracy"],
-                         "wall_time_s": report["wall_time_s"]})
-            print(f"{name:<24} seed {seed}: test accuracy {report['test_accuracy']:.4f}",
-                  flush=True)
+            runs.append(
+                {
+                    "setting": name,
+                    "seed": seed,
+                    "test_accuracy": report["test_accuracy"],
+                    "wall_time_s": report["wall_time_s"],
+                }
+            )
+            print(
+                f"{name:<24} seed {seed}: test accuracy {report['test_accuracy']:.4f}", flush=True
+            )
     summary = {}
     for name in settings:
         accuracies = [r["test_accuracy"] for r in runs if r["setting"] == name]
@@ -63,18 +84,36 @@ def main(argv=None):
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args(argv)
 
-    runs, summary = run(args.epochs, args.seeds, args.dataset, args.output_dir,
-                        args.train_subset, args.lr, args.batch_size)
+    runs, summary = run(
+        args.epochs,
+        args.seeds,
+        args.dataset,
+        args.output_dir,
+        args.train_subset,
+        args.lr,
+        args.batch_size,
+    )
     print("\nsetting                  test accuracy (mean ± half-range)")
     for name, s in summary.items():
         print(f"{name:<24} {s['mean'] * 100:6.2f}% ± {s['spread'] * 100:.2f}  ({s['runs']} seeds)")
     from xnor_larq.benchmarks.layer_speed import machine_info
 
-    report = {"benchmark": "shift_bnn", "machine": machine_info(),
-              "command": " ".join([sys.executable, "-m", "xnor_larq.benchmarks.shift_bnn",
-                                   *(argv if argv is not None else sys.argv[1:])]),
-              "settings": {k: SETTINGS[k] for k in summary}, "epochs": args.epochs,
-              "runs": runs, "summary": summary}
+    report = {
+        "benchmark": "shift_bnn",
+        "machine": machine_info(),
+        "command": " ".join(
+            [
+                sys.executable,
+                "-m",
+                "xnor_larq.benchmarks.shift_bnn",
+                *(argv if argv is not None else sys.argv[1:]),
+            ]
+        ),
+        "settings": {k: SETTINGS[k] for k in summary},
+        "epochs": args.epochs,
+        "runs": runs,
+        "summary": summary,
+    }
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return report

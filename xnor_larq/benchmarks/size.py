@@ -36,20 +36,23 @@ def measure(models=MODELS):
     for name, mode, shape, classes in models:
         model = get_builder(name)(mode=mode, input_shape=shape, num_classes=classes)
         profile = lq.models.ModelProfile(model)
-        binary_layers = [p for p in profile.layer_profiles
-                         if p.weight_count(bitwidth=1) > 0]
+        binary_layers = [p for p in profile.layer_profiles if p.weight_count(bitwidth=1) > 0]
         binary_bits = sum(p.memory for p in binary_layers)
         binary_fp_bits = sum(p.fp_equivalent_memory for p in binary_layers)
-        results.append({
-            "model": name, "mode": mode, "input_shape": list(shape),
-            "parameters": int(model.count_params()),
-            "binary_parameters": int(profile.weight_count(bitwidth=1)),
-            "memory_bytes": profile.memory / 8,
-            "float32_bytes": profile.fp_equivalent_memory / 8,
-            "compression": profile.fp_equivalent_memory / profile.memory,
-            "binary_layers_compression": binary_fp_bits / binary_bits if binary_bits else None,
-            "binarized_mac_ratio": profile.op_count("mac", 1) / profile.op_count("mac"),
-        })
+        results.append(
+            {
+                "model": name,
+                "mode": mode,
+                "input_shape": list(shape),
+                "parameters": int(model.count_params()),
+                "binary_parameters": int(profile.weight_count(bitwidth=1)),
+                "memory_bytes": profile.memory / 8,
+                "float32_bytes": profile.fp_equivalent_memory / 8,
+                "compression": profile.fp_equivalent_memory / profile.memory,
+                "binary_layers_compression": binary_fp_bits / binary_bits if binary_bits else None,
+                "binarized_mac_ratio": profile.op_count("mac", 1) / profile.op_count("mac"),
+            }
+        )
     return results
 
 
@@ -59,13 +62,24 @@ def main(argv=None):
     args = parser.parse_args(argv)
     results = measure()
     for r in results:
-        print(f"{r['model']:<14} {r['mode']:<5} {r['memory_bytes'] / 2**20:8.2f} MiB vs "
-              f"{r['float32_bytes'] / 2**20:8.2f} MiB float32: x{r['compression']:.1f} "
-              f"(binary layers x{r['binary_layers_compression']:.1f})")
-    report = {"benchmark": "size", "machine": machine_info(),
-              "command": " ".join([sys.executable, "-m", "xnor_larq.benchmarks.size",
-                                   *(argv if argv is not None else sys.argv[1:])]),
-              "models": results}
+        print(
+            f"{r['model']:<14} {r['mode']:<5} {r['memory_bytes'] / 2**20:8.2f} MiB vs "
+            f"{r['float32_bytes'] / 2**20:8.2f} MiB float32: x{r['compression']:.1f} "
+            f"(binary layers x{r['binary_layers_compression']:.1f})"
+        )
+    report = {
+        "benchmark": "size",
+        "machine": machine_info(),
+        "command": " ".join(
+            [
+                sys.executable,
+                "-m",
+                "xnor_larq.benchmarks.size",
+                *(argv if argv is not None else sys.argv[1:]),
+            ]
+        ),
+        "models": results,
+    }
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))

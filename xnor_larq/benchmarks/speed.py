@@ -58,18 +58,26 @@ def measure_models(names, modes, batch_size, repeats):
                     steps[mode][index]()
                     times[mode].append(time.perf_counter() - start)
             medians = {mode: statistics.median(t) for mode, t in times.items()}
-            results.append({
-                "model": name, "kind": kind, "batch_size": batch_size,
-                "images_per_s": {m: batch_size / s for m, s in medians.items()},
-                "ratio_to_fp": {m: medians["fp"] / s for m, s in medians.items()},
-            })
+            results.append(
+                {
+                    "model": name,
+                    "kind": kind,
+                    "batch_size": batch_size,
+                    "images_per_s": {m: batch_size / s for m, s in medians.items()},
+                    "ratio_to_fp": {m: medians["fp"] / s for m, s in medians.items()},
+                }
+            )
     return results
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layer-shapes", nargs="*", choices=sorted(layer_speed.SHAPES),
-                        default=list(layer_speed.SHAPES))
+    parser.add_argument(
+        "--layer-shapes",
+        nargs="*",
+        choices=sorted(layer_speed.SHAPES),
+        default=list(layer_speed.SHAPES),
+    )
     parser.add_argument("--layer-batch-size", type=int, default=64)
     parser.add_argument("--models", nargs="*", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--model-batch-size", type=int, default=64)
@@ -81,13 +89,24 @@ def main(argv=None):
     print(layer_speed.format_table(layers))
     models = measure_models(args.models, MODEL_MODES, args.model_batch_size, args.repeats)
     for r in models:
-        line = ", ".join(f"{m} {v:,.0f} img/s (x{r['ratio_to_fp'][m]:.2f})"
-                         for m, v in r["images_per_s"].items())
+        line = ", ".join(
+            f"{m} {v:,.0f} img/s (x{r['ratio_to_fp'][m]:.2f})" for m, v in r["images_per_s"].items()
+        )
         print(f"{r['model']} {r['kind']}: {line}")
-    report = {"benchmark": "speed", "machine": layer_speed.machine_info(),
-              "command": " ".join([sys.executable, "-m", "xnor_larq.benchmarks.speed",
-                                   *(argv if argv is not None else sys.argv[1:])]),
-              "layers": layers, "models": models}
+    report = {
+        "benchmark": "speed",
+        "machine": layer_speed.machine_info(),
+        "command": " ".join(
+            [
+                sys.executable,
+                "-m",
+                "xnor_larq.benchmarks.speed",
+                *(argv if argv is not None else sys.argv[1:]),
+            ]
+        ),
+        "layers": layers,
+        "models": models,
+    }
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -59,15 +59,26 @@ def array_pipeline(images, labels, *, batch_size, training, seed=None, augment=N
     return dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
 
 
-def load_dataset(name, *, data_dir=None, batch_size=128, eval_batch_size=None, seed=None,
-                 train_subset=0, augment=None, image_size=224, download=True):
+def load_dataset(
+    name,
+    *,
+    data_dir=None,
+    batch_size=128,
+    eval_batch_size=None,
+    seed=None,
+    train_subset=0,
+    augment=None,
+    image_size=224,
+    download=True,
+):
     """Load ``name`` as a :class:`DataSpec`; errors name the places searched."""
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}. Choose one of: {', '.join(DATASETS)}")
     eval_batch_size = eval_batch_size or batch_size
     if name == "imagenet":
-        train, test, classes = load_imagenet(data_dir, image_size=image_size,
-                                             batch_size=batch_size, seed=seed)
+        train, test, classes = load_imagenet(
+            data_dir, image_size=image_size, batch_size=batch_size, seed=seed
+        )
         return DataSpec(train, test, classes, (image_size, image_size, 3), None)
     if name in ("fashion_mnist", "mnist"):
         (x, y), (xt, yt) = load_idx_dataset(name, data_dir, download=download)
@@ -86,8 +97,7 @@ def load_dataset(name, *, data_dir=None, batch_size=128, eval_batch_size=None, s
             f"{name}; lower it (or use more data)."
         )
     augment = default_augment if augment is None else (augment or None)
-    train = array_pipeline(x, y, batch_size=batch_size, training=True, seed=seed,
-                           augment=augment)
+    train = array_pipeline(x, y, batch_size=batch_size, training=True, seed=seed, augment=augment)
     test = array_pipeline(xt, yt, batch_size=eval_batch_size, training=False)
     shape = x.shape[1:] if x.ndim == 4 else (*x.shape[1:], 1)
     return DataSpec(train, test, classes, tuple(int(s) for s in shape), len(x))

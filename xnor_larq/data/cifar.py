@@ -70,8 +70,15 @@ def read_batch(path) -> dict:
     try:
         with open(path, "rb") as f:
             batch = RestrictedUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            IndexError, KeyError) as error:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+    ) as error:
         raise CorruptDataError(
             f"{path}: not a CIFAR batch that can be read safely ({error})"
         ) from error
@@ -91,13 +98,10 @@ def _split(directory: Path, files, label_key):
         batch_labels = np.asarray(batch[label_key], dtype=np.int64)
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
             raise CorruptDataError(
-                f"{path}: expected uint8 data of shape (n, 3072), got {data.dtype} "
-                f"{data.shape}"
+                f"{path}: expected uint8 data of shape (n, 3072), got {data.dtype} {data.shape}"
             )
         if len(batch_labels) != len(data):
-            raise CorruptDataError(
-                f"{path}: {len(data)} images but {len(batch_labels)} labels"
-            )
+            raise CorruptDataError(f"{path}: {len(data)} images but {len(batch_labels)} labels")
         # Stored as channel planes (n, 3, 32, 32); Keras and we want NHWC.
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(batch_labels)

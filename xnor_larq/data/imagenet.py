@@ -103,15 +103,28 @@ def _pipeline(dataset, *, training, image_size, batch_size, seed, shuffle_buffer
     return dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
 
 
-def image_folder_dataset(split_dir, *, training, image_size=224, batch_size=256,
-                         seed=None, class_names=None, shuffle_buffer=10000):
+def image_folder_dataset(
+    split_dir,
+    *,
+    training,
+    image_size=224,
+    batch_size=256,
+    seed=None,
+    class_names=None,
+    shuffle_buffer=10000,
+):
     """A batched ``tf.data`` pipeline over an ImageFolder split, and its class names."""
     paths, labels, class_names = list_image_folder(split_dir, class_names)
     dataset = tf.data.Dataset.from_tensor_slices((paths, tf.constant(labels, tf.int64)))
-    dataset = dataset.map(lambda p, y: (tf.io.read_file(p), y),
-                          num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = _pipeline(dataset, training=training, image_size=image_size,
-                        batch_size=batch_size, seed=seed, shuffle_buffer=shuffle_buffer)
+    dataset = dataset.map(lambda p, y: (tf.io.read_file(p), y), num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = _pipeline(
+        dataset,
+        training=training,
+        image_size=image_size,
+        batch_size=batch_size,
+        seed=seed,
+        shuffle_buffer=shuffle_buffer,
+    )
     return dataset, class_names
 
 
@@ -126,8 +139,16 @@ def parse_example(serialized, label_offset=1):
     return features["image/encoded"], features["image/class/label"] - label_offset
 
 
-def tfrecord_dataset(pattern, *, training, image_size=224, batch_size=256, seed=None,
-                     label_offset=1, shuffle_buffer=10000):
+def tfrecord_dataset(
+    pattern,
+    *,
+    training,
+    image_size=224,
+    batch_size=256,
+    seed=None,
+    label_offset=1,
+    shuffle_buffer=10000,
+):
     """A batched ``tf.data`` pipeline over TFRecord shards matching ``pattern``."""
     files = sorted(tf.io.gfile.glob(str(pattern)))
     if not files:
@@ -135,13 +156,23 @@ def tfrecord_dataset(pattern, *, training, image_size=224, batch_size=256, seed=
     dataset = tf.data.Dataset.from_tensor_slices(files)
     if training:
         dataset = dataset.shuffle(len(files), seed=seed)
-    dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=4,
-                                 num_parallel_calls=tf.data.AUTOTUNE,
-                                 deterministic=not training)
-    dataset = dataset.map(lambda s: parse_example(s, label_offset),
-                          num_parallel_calls=tf.data.AUTOTUNE)
-    return _pipeline(dataset, training=training, image_size=image_size,
-                     batch_size=batch_size, seed=seed, shuffle_buffer=shuffle_buffer)
+    dataset = dataset.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=4,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=not training,
+    )
+    dataset = dataset.map(
+        lambda s: parse_example(s, label_offset), num_parallel_calls=tf.data.AUTOTUNE
+    )
+    return _pipeline(
+        dataset,
+        training=training,
+        image_size=image_size,
+        batch_size=batch_size,
+        seed=seed,
+        shuffle_buffer=shuffle_buffer,
+    )
 
 
 def load_imagenet(data_dir, *, image_size=224, batch_size=256, seed=None, label_offset=1):
@@ -158,12 +189,17 @@ def load_imagenet(data_dir, *, image_size=224, batch_size=256, seed=None, label_
             f"Received: {data_dir!r}"
         )
     if (root / "train").is_dir():
-        train, classes = image_folder_dataset(root / "train", training=True,
-                                              image_size=image_size,
-                                              batch_size=batch_size, seed=seed)
+        train, classes = image_folder_dataset(
+            root / "train", training=True, image_size=image_size, batch_size=batch_size, seed=seed
+        )
         val_dir = root / "val" if (root / "val").is_dir() else root / "validation"
-        val, _ = image_folder_dataset(val_dir, training=False, image_size=image_size,
-                                      batch_size=batch_size, class_names=classes)
+        val, _ = image_folder_dataset(
+            val_dir,
+            training=False,
+            image_size=image_size,
+            batch_size=batch_size,
+            class_names=classes,
+        )
         return train, val, len(classes)
     if list(root.glob("train-*")):
         common = dict(image_size=image_size, batch_size=batch_size, label_offset=label_offset)

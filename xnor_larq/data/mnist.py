@@ -103,9 +103,7 @@ def load_idx_dataset(name: str = "fashion_mnist", data_dir=None, download: bool 
         return tuple(splits)
 
     searched = ", ".join(str(d) for d in candidate_dirs(name, data_dir))
-    message = (
-        f"{name} not found. Searched: {searched}. To get it, {_HOW_TO_GET[name]}."
-    )
+    message = f"{name} not found. Searched: {searched}. To get it, {_HOW_TO_GET[name]}."
     if not download:
         raise DatasetNotFoundError(message)
     import tensorflow as tf

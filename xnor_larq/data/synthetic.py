@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def synthetic_arrays(num_train=256, num_test=64, image_shape=(28, 28, 1), num_classes=10,
-                     seed=0):
+def synthetic_arrays(num_train=256, num_test=64, image_shape=(28, 28, 1), num_classes=10, seed=0):
     """uint8 images and int labels, learnable: each class brightens its own stripe."""
     rng = np.random.default_rng(seed)
 

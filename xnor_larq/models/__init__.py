@@ -24,8 +24,14 @@ BUILDERS = {
 }
 
 #: Binary layers each builder documents (with its default arguments).
-BINARY_LAYERS = {"small_cnn": 4, "nin": 7, "binarynet_vgg": 7, "alexnet": 6,
-                 "resnet18": 16, "googlenet": 56}
+BINARY_LAYERS = {
+    "small_cnn": 4,
+    "nin": 7,
+    "binarynet_vgg": 7,
+    "alexnet": 6,
+    "resnet18": 16,
+    "googlenet": 56,
+}
 
 
 def model_names():
@@ -41,5 +47,16 @@ def get_builder(name: str):
     raise ValueError(f"Unknown model {name!r}. Choose one of: {', '.join(model_names())}")
 
 
-__all__ = ["BINARY_LAYERS", "BUILDERS", "alexnet", "binarynet_vgg", "count_binary_layers",
-           "get_builder", "googlenet", "model_names", "nin", "resnet18", "small_cnn"]
+__all__ = [
+    "BINARY_LAYERS",
+    "BUILDERS",
+    "alexnet",
+    "binarynet_vgg",
+    "count_binary_layers",
+    "get_builder",
+    "googlenet",
+    "model_names",
+    "nin",
+    "resnet18",
+    "small_cnn",
+]

@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from .blocks import (model_builder, binary_conv_block, binary_dense_block, float_classifier,
-                     float_stem, layer_kwargs)
+from .blocks import (
+    binary_conv_block,
+    binary_dense_block,
+    float_classifier,
+    float_stem,
+    layer_kwargs,
+    model_builder,
+)
 
 
 @model_builder
-def alexnet(*, mode: str = "xnor", input_scaling: bool | None = None,
-            stochastic: bool = False, seed: int | None = None, num_classes: int = 1000,
-            input_shape=(224, 224, 3), bn_momentum: float = 0.9, dropout: float = 0.0,
-            **quantizer_options) -> tf.keras.Model:
+def alexnet(
+    *,
+    mode: str = "xnor",
+    input_scaling: bool | None = None,
+    stochastic: bool = False,
+    seed: int | None = None,
+    num_classes: int = 1000,
+    input_shape=(224, 224, 3),
+    bn_momentum: float = 0.9,
+    dropout: float = 0.0,
+    **quantizer_options,
+) -> tf.keras.Model:
     """XNOR-Net's AlexNet (BN version): float conv1, 4 binary convs, 2 binary FCs.
 
     conv1 96·11×11/4 (float) → pool → [BN → bconv 256·5×5 → pool] →
@@ -23,12 +37,12 @@ def alexnet(*, mode: str = "xnor", input_scaling: bool | None = None,
     56.6/80.2, BWN 56.8/79.4, XNOR-Net 44.2/69.2.
     https://arxiv.org/abs/1603.05279
     """
-    kwargs = layer_kwargs(mode, input_scaling=input_scaling, stochastic=stochastic,
-                          seed=seed, **quantizer_options)
+    kwargs = layer_kwargs(
+        mode, input_scaling=input_scaling, stochastic=stochastic, seed=seed, **quantizer_options
+    )
     block = dict(bn_momentum=bn_momentum)
     inputs = tf.keras.Input(input_shape)
-    x = float_stem(inputs, 96, 11, strides=4, padding="same", pool=3, pool_strides=2,
-                   **block)
+    x = float_stem(inputs, 96, 11, strides=4, padding="same", pool=3, pool_strides=2, **block)
     x = binary_conv_block(x, 256, kwargs, kernel_size=5, pool=3, pool_strides=2, **block)
     x = binary_conv_block(x, 384, kwargs, **block)
     x = binary_conv_block(x, 384, kwargs, **block)

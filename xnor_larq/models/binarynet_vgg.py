@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from .blocks import (model_builder, binary_conv_block, binary_dense_block, float_classifier,
-                     float_stem, layer_kwargs)
+from .blocks import (
+    binary_conv_block,
+    binary_dense_block,
+    float_classifier,
+    float_stem,
+    layer_kwargs,
+    model_builder,
+)
 
 
 @model_builder
-def binarynet_vgg(*, mode: str = "bnn", input_scaling: bool | None = None,
-                  stochastic: bool = False, seed: int | None = None, num_classes: int = 10,
-                  input_shape=(32, 32, 3), width: int = 128, bn_momentum: float = 0.9,
-                  **quantizer_options) -> tf.keras.Model:
+def binarynet_vgg(
+    *,
+    mode: str = "bnn",
+    input_scaling: bool | None = None,
+    stochastic: bool = False,
+    seed: int | None = None,
+    num_classes: int = 10,
+    input_shape=(32, 32, 3),
+    width: int = 128,
+    bn_momentum: float = 0.9,
+    **quantizer_options,
+) -> tf.keras.Model:
     """(2×128C3)-MP2-(2×256C3)-MP2-(2×512C3)-MP2-(2×1024FC)-10FC.
 
     The first conv and the last FC are full precision; the other five convs and
@@ -22,8 +36,9 @@ def binarynet_vgg(*, mode: str = "bnn", input_scaling: bool | None = None,
     Reference CIFAR-10 accuracy: BNN 88.6% (Theano), 89.9% (Torch7); Larq's
     BinaryNet tutorial about 83% after 100 epochs. https://arxiv.org/abs/1602.02830
     """
-    kwargs = layer_kwargs(mode, input_scaling=input_scaling, stochastic=stochastic,
-                          seed=seed, **quantizer_options)
+    kwargs = layer_kwargs(
+        mode, input_scaling=input_scaling, stochastic=stochastic, seed=seed, **quantizer_options
+    )
     block = dict(bn_momentum=bn_momentum)
     inputs = tf.keras.Input(input_shape)
     x = float_stem(inputs, width, 3, **block)

@@ -8,11 +8,9 @@ import functools
 import larq as lq
 import tensorflow as tf
 
-from ..normalization import ShiftBatchNormalization
-
 from ..layers import ScaledQuantConv2D, ScaledQuantDense
 from ..modes import binary_layer_kwargs
-
+from ..normalization import ShiftBatchNormalization
 
 #: Larq's own XNOR-style layers (no K), the baseline a Larq user would pick.
 LARQ_BASELINE = {
@@ -30,8 +28,10 @@ def layer_kwargs(mode, *, input_scaling=None, stochastic=False, seed=None, **qua
     """
     if mode == "larq":
         if input_scaling or stochastic or quantizer_options:
-            raise ValueError("mode='larq' is Larq's fixed baseline; it takes no "
-                             "input_scaling, stochastic or quantizer options")
+            raise ValueError(
+                "mode='larq' is Larq's fixed baseline; it takes no "
+                "input_scaling, stochastic or quantizer options"
+            )
         return {**LARQ_BASELINE, "larq_layers": True}
     if stochastic:
         quantizer_options["seed"] = seed
@@ -58,8 +58,9 @@ def model_builder(build):
     @functools.wraps(build)
     def wrapper(*, batch_norm: str = "standard", **kwargs):
         if batch_norm not in BATCH_NORMS:
-            raise ValueError(f"`batch_norm` must be one of {BATCH_NORMS}. "
-                             f"Received: batch_norm={batch_norm!r}")
+            raise ValueError(
+                f"`batch_norm` must be one of {BATCH_NORMS}. Received: batch_norm={batch_norm!r}"
+            )
         token = _batch_norm_kind.set(batch_norm)
         try:
             return build(**kwargs)
@@ -84,9 +85,21 @@ def batch_norm(x, momentum=0.9, epsilon=1e-4, name=None):
     )(x)
 
 
-def binary_conv_block(x, filters, kwargs, *, kernel_size=3, strides=1, padding="same",
-                      pool=None, pool_strides=None, bn_momentum=0.9, dropout=0.0,
-                      post_activation=None, name=None):
+def binary_conv_block(
+    x,
+    filters,
+    kwargs,
+    *,
+    kernel_size=3,
+    strides=1,
+    padding="same",
+    pool=None,
+    pool_strides=None,
+    bn_momentum=0.9,
+    dropout=0.0,
+    post_activation=None,
+    name=None,
+):
     """BN → (binarize inside the conv) → binary conv → optional max-pool.
 
     ``dropout`` drops the (real) conv input; ``post_activation`` (e.g. "relu",
@@ -96,13 +109,21 @@ def binary_conv_block(x, filters, kwargs, *, kernel_size=3, strides=1, padding="
     x = _real_input_activation(x, kwargs)
     if dropout:
         x = tf.keras.layers.Dropout(dropout)(x)
-    x = _conv_class(kwargs)(filters, kernel_size, strides=strides, padding=padding,
-                            use_bias=False, name=name, **_layer_args(kwargs))(x)
+    x = _conv_class(kwargs)(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        use_bias=False,
+        name=name,
+        **_layer_args(kwargs),
+    )(x)
     if post_activation:
         x = tf.keras.layers.Activation(post_activation)(x)
     if pool:
-        x = tf.keras.layers.MaxPool2D(pool, strides=pool_strides, padding="same"
-                                      if pool_strides else "valid")(x)
+        x = tf.keras.layers.MaxPool2D(
+            pool, strides=pool_strides, padding="same" if pool_strides else "valid"
+        )(x)
     return x
 
 
@@ -124,11 +145,21 @@ def _layer_args(kwargs):
     return {k: v for k, v in kwargs.items() if k != "larq_layers"}
 
 
-def float_stem(x, filters, kernel_size, *, strides=1, padding="same", bn_momentum=0.9,
-               pool=None, pool_strides=None):
+def float_stem(
+    x,
+    filters,
+    kernel_size,
+    *,
+    strides=1,
+    padding="same",
+    bn_momentum=0.9,
+    pool=None,
+    pool_strides=None,
+):
     """The full-precision first layer: conv → BN → ReLU (→ max-pool)."""
-    x = tf.keras.layers.Conv2D(filters, kernel_size, strides=strides, padding=padding,
-                               use_bias=False, name="float_conv")(x)
+    x = tf.keras.layers.Conv2D(
+        filters, kernel_size, strides=strides, padding=padding, use_bias=False, name="float_conv"
+    )(x)
     x = batch_norm(x, momentum=bn_momentum)
     x = tf.keras.layers.Activation("relu")(x)
     if pool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from .blocks import model_builder, binary_conv_block, float_classifier, float_stem, layer_kwargs
+from .blocks import binary_conv_block, float_classifier, float_stem, layer_kwargs, model_builder
 
 # (1×1, 3×3 reduce, 3×3, 5×5 reduce, 5×5, pool projection) of each module.
 _MODULES = {
@@ -34,10 +34,18 @@ def _inception(x, filters, kwargs, bn_momentum):
 
 
 @model_builder
-def googlenet(*, mode: str = "bwn", input_scaling: bool | None = None,
-              stochastic: bool = False, seed: int | None = None, num_classes: int = 1000,
-              input_shape=(224, 224, 3), bn_momentum: float = 0.9, dropout: float = 0.4,
-              **quantizer_options) -> tf.keras.Model:
+def googlenet(
+    *,
+    mode: str = "bwn",
+    input_scaling: bool | None = None,
+    stochastic: bool = False,
+    seed: int | None = None,
+    num_classes: int = 1000,
+    input_shape=(224, 224, 3),
+    bn_momentum: float = 0.9,
+    dropout: float = 0.4,
+    **quantizer_options,
+) -> tf.keras.Model:
     """Inception-v1 without auxiliary heads; every conv but the 7×7 stem is binary.
 
     Float 7×7/2 stem → pool → [b1×1 64] → [b3×3 192] → pool → 3a, 3b → pool →
@@ -47,8 +55,9 @@ def googlenet(*, mode: str = "bwn", input_scaling: bool | None = None,
     Reference ImageNet top-1/top-5 (XNOR-Net paper, table 2): full precision
     71.3/90.0, BWN 65.5/86.1. https://arxiv.org/abs/1603.05279
     """
-    kwargs = layer_kwargs(mode, input_scaling=input_scaling, stochastic=stochastic,
-                          seed=seed, **quantizer_options)
+    kwargs = layer_kwargs(
+        mode, input_scaling=input_scaling, stochastic=stochastic, seed=seed, **quantizer_options
+    )
     conv = dict(bn_momentum=bn_momentum)
     inputs = tf.keras.Input(input_shape)
     x = float_stem(inputs, 64, 7, strides=2, pool=3, pool_strides=2, **conv)

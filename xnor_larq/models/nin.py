@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from .blocks import model_builder, batch_norm, binary_conv_block, layer_kwargs
+from .blocks import batch_norm, binary_conv_block, layer_kwargs, model_builder
 
 
 @model_builder
-def nin(*, mode: str = "xnor", input_scaling: bool | None = None, stochastic: bool = False,
-        seed: int | None = None, num_classes: int = 10, input_shape=(32, 32, 3),
-        bn_momentum: float = 0.9, dropout: float = 0.5,
-        **quantizer_options) -> tf.keras.Model:
+def nin(
+    *,
+    mode: str = "xnor",
+    input_scaling: bool | None = None,
+    stochastic: bool = False,
+    seed: int | None = None,
+    num_classes: int = 10,
+    input_shape=(32, 32, 3),
+    bn_momentum: float = 0.9,
+    dropout: float = 0.5,
+    **quantizer_options,
+) -> tf.keras.Model:
     """NIN as in the public XNOR-Net PyTorch reimplementation.
 
     float conv 192·5×5 → [bconv 160·1×1] → [bconv 96·1×1] → max-pool →
@@ -22,8 +30,9 @@ def nin(*, mode: str = "xnor", input_scaling: bool | None = None, stochastic: bo
     Reference CIFAR-10 accuracy: 86.28% XNOR-Net vs 89.67% full precision
     (the PyTorch reimplementation; SPEC.md §6).
     """
-    kwargs = layer_kwargs(mode, input_scaling=input_scaling, stochastic=stochastic,
-                          seed=seed, **quantizer_options)
+    kwargs = layer_kwargs(
+        mode, input_scaling=input_scaling, stochastic=stochastic, seed=seed, **quantizer_options
+    )
     block = dict(bn_momentum=bn_momentum, post_activation="relu")
     inputs = tf.keras.Input(input_shape)
     x = tf.keras.layers.Conv2D(192, 5, padding="same", name="float_conv")(inputs)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from .blocks import model_builder, batch_norm, binary_conv_block, float_classifier, float_stem, layer_kwargs
+from .blocks import (
+    batch_norm,
+    binary_conv_block,
+    float_classifier,
+    float_stem,
+    layer_kwargs,
+    model_builder,
+)
 
 
 def _basic_block(x, filters, strides, kwargs, bn_momentum):
@@ -19,10 +26,17 @@ def _basic_block(x, filters, strides, kwargs, bn_momentum):
 
 
 @model_builder
-def resnet18(*, mode: str = "xnor", input_scaling: bool | None = None,
-             stochastic: bool = False, seed: int | None = None, num_classes: int = 1000,
-             input_shape=(224, 224, 3), bn_momentum: float = 0.9,
-             **quantizer_options) -> tf.keras.Model:
+def resnet18(
+    *,
+    mode: str = "xnor",
+    input_scaling: bool | None = None,
+    stochastic: bool = False,
+    seed: int | None = None,
+    num_classes: int = 1000,
+    input_shape=(224, 224, 3),
+    bn_momentum: float = 0.9,
+    **quantizer_options,
+) -> tf.keras.Model:
     """ResNet-18: float 7×7 stem, 8 basic blocks of two binary 3×3 convs, float FC.
 
     Sixteen binary layers; the three downsampling shortcuts are float 1×1 convs.
@@ -30,8 +44,9 @@ def resnet18(*, mode: str = "xnor", input_scaling: bool | None = None,
     Reference ImageNet top-1/top-5 (XNOR-Net paper, table 2): full precision
     69.3/89.2, BWN 60.8/83.0, XNOR-Net 51.2/73.2. https://arxiv.org/abs/1603.05279
     """
-    kwargs = layer_kwargs(mode, input_scaling=input_scaling, stochastic=stochastic,
-                          seed=seed, **quantizer_options)
+    kwargs = layer_kwargs(
+        mode, input_scaling=input_scaling, stochastic=stochastic, seed=seed, **quantizer_options
+    )
     inputs = tf.keras.Input(input_shape)
     x = float_stem(inputs, 64, 7, strides=2, pool=3, pool_strides=2, bn_momentum=bn_momentum)
     for stage, filters in enumerate((64, 128, 256, 512)):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from .blocks import model_builder, batch_norm, binary_conv_block, binary_dense_block, layer_kwargs
+from .blocks import batch_norm, binary_conv_block, binary_dense_block, layer_kwargs, model_builder
 
 
 @model_builder
@@ -46,11 +46,13 @@ def small_cnn(
         bn_momentum: momentum of every BatchNormalization.
         quantizer_options: ``backward``, ``per_channel``, ``clip_value``.
     """
-    kwargs = layer_kwargs(mode, input_scaling=input_scaling, stochastic=stochastic,
-                          seed=seed, **quantizer_options)
+    kwargs = layer_kwargs(
+        mode, input_scaling=input_scaling, stochastic=stochastic, seed=seed, **quantizer_options
+    )
     inputs = tf.keras.Input(input_shape)
-    x = tf.keras.layers.Conv2D(width // 2, 3, padding="same", use_bias=False,
-                               name="float_conv")(inputs)
+    x = tf.keras.layers.Conv2D(width // 2, 3, padding="same", use_bias=False, name="float_conv")(
+        inputs
+    )
     x = binary_conv_block(x, width, kwargs, pool=2, bn_momentum=bn_momentum)
     x = binary_conv_block(x, 2 * width, kwargs, pool=2, bn_momentum=bn_momentum)
     x = binary_conv_block(x, 2 * width, kwargs, pool=2, bn_momentum=bn_momentum)

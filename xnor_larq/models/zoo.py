@@ -9,19 +9,26 @@ from __future__ import annotations
 from pathlib import Path
 
 ZOO_MODELS = (
-    "BiRealNet", "BinaryAlexNet", "BinaryDenseNet28", "BinaryResNetE18", "DoReFaNet",
-    "RealToBinaryNet", "XNORNet",
+    "BiRealNet",
+    "BinaryAlexNet",
+    "BinaryDenseNet28",
+    "BinaryResNetE18",
+    "DoReFaNet",
+    "RealToBinaryNet",
+    "XNORNet",
 )
 
 
 def zoo_builder(class_name: str):
     """A keyword-only builder for ``larq_zoo.literature.<class_name>``."""
     if class_name not in ZOO_MODELS:
-        raise ValueError(f"Unknown Larq Zoo model {class_name!r}. Choose one of: "
-                         f"{', '.join(ZOO_MODELS)}")
+        raise ValueError(
+            f"Unknown Larq Zoo model {class_name!r}. Choose one of: {', '.join(ZOO_MODELS)}"
+        )
 
-    def build(*, mode=None, num_classes=1000, input_shape=(224, 224, 3), weights=None,
-              **unsupported):
+    def build(
+        *, mode=None, num_classes=1000, input_shape=(224, 224, 3), weights=None, **unsupported
+    ):
         if mode is not None:
             raise ValueError(
                 f"Larq Zoo's {class_name} has a fixed binarization; `mode` does not "
