@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import statistics
-import sys
 from pathlib import Path
 
 SETTINGS = {
@@ -124,36 +122,27 @@ def main(argv=None):
     )
     for name, s in summary.items():
         print(f"{name:<16} {s['mean'] * 100:6.2f}% ± {s['std'] * 100:.2f} ({s['seeds']} seeds)")
-    from xnor_larq.benchmarks.layer_speed import machine_info
+    from xnor_larq.benchmarks._common import finish
 
-    report = {
-        "benchmark": "accuracy",
-        "machine": machine_info(),
-        "command": " ".join(
-            [
-                sys.executable,
-                "-m",
-                "xnor_larq.benchmarks.accuracy",
-                *(argv if argv is not None else sys.argv[1:]),
-            ]
-        ),
-        "budget": {
-            "model": "small_cnn",
-            "dataset": args.dataset,
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-            "schedule": args.schedule,
-            "train_subset": args.train_subset,
-            "optimizer": "adam",
-        },
-        "runs": runs,
-        "summary": summary,
+    budget = {
+        "model": "small_cnn",
+        "dataset": args.dataset,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "schedule": args.schedule,
+        "train_subset": args.train_subset,
+        "optimizer": "adam",
     }
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
-    return report
+    return finish(
+        "accuracy",
+        "xnor_larq.benchmarks.accuracy",
+        argv,
+        args.json,
+        budget=budget,
+        runs=runs,
+        summary=summary,
+    )
 
 
 if __name__ == "__main__":

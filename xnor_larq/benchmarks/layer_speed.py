@@ -17,10 +17,7 @@ machine's speed hits all alike, and prints medians and ratios::
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
-import sys
 import time
 
 import xnor_larq  # noqa: F401  (Keras 2 before TensorFlow)
@@ -28,6 +25,7 @@ import xnor_larq  # noqa: F401  (Keras 2 before TensorFlow)
 import larq as lq  # isort: skip
 import tensorflow as tf  # isort: skip
 
+from xnor_larq.benchmarks._common import finish, machine_info  # noqa: F401  (re-export)
 from xnor_larq.layers import ScaledQuantConv2D
 
 #: (name, height, width, c_in, c_out): CIFAR-like and ImageNet-like layers.
@@ -80,28 +78,6 @@ def time_steps(steps, repeats, warmup=2):
     return times
 
 
-def machine_info():
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    import os
-
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-        "tensorflow": tf.__version__,
-        "larq": lq.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def run(shapes, batch_size, repeats):
     results = []
     for shape_name in shapes:
@@ -149,24 +125,10 @@ def main(argv=None):
         parser.error("--batch-size and --repeats must be positive")
 
     results = run(args.shapes, args.batch_size, args.repeats)
-    report = {
-        "benchmark": "layer_speed",
-        "command": " ".join(
-            [
-                sys.executable,
-                "-m",
-                "xnor_larq.benchmarks.layer_speed",
-                *(argv if argv is not None else sys.argv[1:]),
-            ]
-        ),
-        "machine": machine_info(),
-        "results": results,
-    }
     print(format_table(results))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-    return report
+    return finish(
+        "layer_speed", "xnor_larq.benchmarks.layer_speed", argv, args.json, results=results
+    )
 
 
 if __name__ == "__main__":

@@ -10,9 +10,7 @@ each seed, and reports test accuracy per run and mean ± spread per setting::
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 from pathlib import Path
 
 SETTINGS = {
@@ -96,27 +94,18 @@ def main(argv=None):
     print("\nsetting                  test accuracy (mean ± half-range)")
     for name, s in summary.items():
         print(f"{name:<24} {s['mean'] * 100:6.2f}% ± {s['spread'] * 100:.2f}  ({s['runs']} seeds)")
-    from xnor_larq.benchmarks.layer_speed import machine_info
+    from xnor_larq.benchmarks._common import finish
 
-    report = {
-        "benchmark": "shift_bnn",
-        "machine": machine_info(),
-        "command": " ".join(
-            [
-                sys.executable,
-                "-m",
-                "xnor_larq.benchmarks.shift_bnn",
-                *(argv if argv is not None else sys.argv[1:]),
-            ]
-        ),
-        "settings": {k: SETTINGS[k] for k in summary},
-        "epochs": args.epochs,
-        "runs": runs,
-        "summary": summary,
-    }
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
-    return report
+    return finish(
+        "shift_bnn",
+        "xnor_larq.benchmarks.shift_bnn",
+        argv,
+        args.json,
+        settings={k: SETTINGS[k] for k in summary},
+        epochs=args.epochs,
+        runs=runs,
+        summary=summary,
+    )
 
 
 if __name__ == "__main__":

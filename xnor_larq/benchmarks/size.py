@@ -10,11 +10,8 @@ model and for its binary layers alone::
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
 
-from .layer_speed import machine_info
+from ._common import finish
 
 #: (model, mode, input shape, classes) at the sizes the papers use.
 MODELS = [
@@ -67,23 +64,7 @@ def main(argv=None):
             f"{r['float32_bytes'] / 2**20:8.2f} MiB float32: x{r['compression']:.1f} "
             f"(binary layers x{r['binary_layers_compression']:.1f})"
         )
-    report = {
-        "benchmark": "size",
-        "machine": machine_info(),
-        "command": " ".join(
-            [
-                sys.executable,
-                "-m",
-                "xnor_larq.benchmarks.size",
-                *(argv if argv is not None else sys.argv[1:]),
-            ]
-        ),
-        "models": results,
-    }
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
-    return report
+    return finish("size", "xnor_larq.benchmarks.size", argv, args.json, models=results)
 
 
 if __name__ == "__main__":

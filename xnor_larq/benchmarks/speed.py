@@ -11,11 +11,8 @@ interleaved in one process and reported as ratios to the float twin::
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 import time
-from pathlib import Path
 
 from . import layer_speed
 
@@ -93,24 +90,9 @@ def main(argv=None):
             f"{m} {v:,.0f} img/s (x{r['ratio_to_fp'][m]:.2f})" for m, v in r["images_per_s"].items()
         )
         print(f"{r['model']} {r['kind']}: {line}")
-    report = {
-        "benchmark": "speed",
-        "machine": layer_speed.machine_info(),
-        "command": " ".join(
-            [
-                sys.executable,
-                "-m",
-                "xnor_larq.benchmarks.speed",
-                *(argv if argv is not None else sys.argv[1:]),
-            ]
-        ),
-        "layers": layers,
-        "models": models,
-    }
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2))
-    return report
+    return layer_speed.finish(
+        "speed", "xnor_larq.benchmarks.speed", argv, args.json, layers=layers, models=models
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,50 @@
+"""What every benchmark records: the machine, the versions, the exact command."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+
+def machine_info() -> dict:
+    import larq as lq
+    import tensorflow as tf
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        "tensorflow": tf.__version__,
+        "larq": lq.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def finish(benchmark: str, module: str, argv, json_path=None, **content) -> dict:
+    """The benchmark's report with machine and command; written to ``json_path``."""
+    args = list(argv) if argv is not None else sys.argv[1:]
+    report = {
+        "benchmark": benchmark,
+        "machine": machine_info(),
+        "command": " ".join([sys.executable, "-m", module, *args]),
+        **content,
+    }
+    if json_path:
+        path = Path(json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2))
+        tmp.replace(path)
+    return report
