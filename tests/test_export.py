@@ -1,0 +1,61 @@
+"""Export to Larq Compute Engine: the dense rewrite, sizes, and agreement with Keras."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from xnor_larq import models
+from xnor_larq.export import DenseAsConv1x1, export_tflite, lce_compatible
+
+
+def with_trained_like_batch_norm(model, seed=1):
+    """Give every BatchNormalization non-trivial statistics, as training would.
+
+    An untrained model's BN is the identity, so integer binary-conv sums hit 0
+    exactly and sign(0) ties decide the output; LCE may break such ties
+    differently from TensorFlow (seen on BinaryNet VGG: every top-1 differed).
+    """
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+            gamma, beta, mean, variance = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 2, gamma.shape), rng.normal(size=beta.shape),
+                               rng.normal(size=mean.shape), rng.uniform(0.5, 2, variance.shape)])
+    return model
+
+
+@pytest.mark.parametrize("mode", ["xnor", "bnn", "larq", "bwn"])
+def test_dense_rewrite_computes_the_same_function(rng, mode):
+    model = models.small_cnn(mode=mode)
+    rewritten = lce_compatible(model)
+    x = rng.uniform(-1, 1, size=(6, 28, 28, 1)).astype("float32")
+    np.testing.assert_allclose(rewritten(x), model(x), rtol=1e-5, atol=1e-6)
+    assert any(isinstance(layer, DenseAsConv1x1) for layer in rewritten.layers)
+
+
+def test_binarynet_vgg_exports_at_least_20x_smaller(tmp_path):
+    model = with_trained_like_batch_norm(models.binarynet_vgg(mode="bnn"))
+    report = export_tflite(model, tmp_path / "vgg.tflite", samples=8)
+    assert (tmp_path / "vgg.tflite").stat().st_size == report.size_bytes
+    assert report.size_ratio >= 20, report.summary()
+    assert report.top1_agreement == 1.0 and report.max_abs_difference < 1e-3
+
+
+def test_bad_paths_and_no_partial_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.keras"):
+        export_tflite(tmp_path / "missing.keras", tmp_path / "out.tflite")
+    model = models.small_cnn(mode="bnn")
+    with pytest.raises(ValueError, match=".tflite"):
+        export_tflite(model, tmp_path / "out.bin")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        export_tflite(model, tmp_path / "nowhere" / "out.tflite")
+    with pytest.raises(ValueError, match="differs"):
+        export_tflite(model, tmp_path / "out.tflite", samples=2, tolerance=-1.0)
+    assert not list(tmp_path.glob("out*"))
+
+
+def test_nested_models_are_refused(tmp_path):
+    inner = models.small_cnn(mode="bnn")
+    outer = tf.keras.Sequential([tf.keras.Input((28, 28, 1)), inner])
+    with pytest.raises(ValueError, match="Nested model"):
+        export_tflite(outer, tmp_path / "out.tflite")
