@@ -114,6 +114,22 @@ def test_train_then_evaluate(capsys, tmp_path):
     code, _, err = run(capsys, "evaluate", str(tmp_path / "nothing.keras"))
     assert code == 2 and "nothing.keras" in err
 
+    code, out, err = run(
+        capsys,
+        "export",
+        str(output / "model.keras"),
+        "--output",
+        str(tmp_path / "model.tflite"),
+        "--samples",
+        "8",
+    )
+    assert code == 0, err
+    assert "smaller" in out and (tmp_path / "model.tflite").stat().st_size > 0
+    code, _, err = run(
+        capsys, "export", str(tmp_path / "nothing.keras"), "--output", str(tmp_path / "x.tflite")
+    )
+    assert code == 2 and "nothing.keras" in err
+
 
 def test_shift_batch_norm_and_shift_adamax_from_the_cli(capsys, tmp_path):
     output = tmp_path / "run"

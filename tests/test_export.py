@@ -19,8 +19,14 @@ def with_trained_like_batch_norm(model, seed=1):
     for layer in model.layers:
         if isinstance(layer, tf.keras.layers.BatchNormalization):
             gamma, beta, mean, variance = layer.get_weights()
-            layer.set_weights([rng.uniform(0.5, 2, gamma.shape), rng.normal(size=beta.shape),
-                               rng.normal(size=mean.shape), rng.uniform(0.5, 2, variance.shape)])
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 2, gamma.shape),
+                    rng.normal(size=beta.shape),
+                    rng.normal(size=mean.shape),
+                    rng.uniform(0.5, 2, variance.shape),
+                ]
+            )
     return model
 
 

@@ -125,6 +125,25 @@ def build_parser():
     _add_common(evaluate)
     evaluate.set_defaults(func=_evaluate)
 
+    export = commands.add_parser(
+        "export", help="convert a saved model to a Larq Compute Engine .tflite file"
+    )
+    export.add_argument("model_file", help="a model saved by `xnor-larq train` (.keras)")
+    export.add_argument("--output", required=True, help="the .tflite file to write")
+    export.add_argument(
+        "--samples",
+        type=int,
+        default=32,
+        help="random inputs on which LCE is checked against Keras",
+    )
+    export.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-3,
+        help="largest allowed |LCE - Keras| on those inputs",
+    )
+    export.set_defaults(func=_export)
+
     bench = commands.add_parser(
         "bench",
         help="benchmarks: write JSON results and regenerate docs/RESULTS.md",
@@ -168,6 +187,15 @@ def _evaluate(args):
     from xnor_larq.training import evaluate
 
     print(json.dumps(evaluate(args.model_file, _config_from_args(args)), indent=2))
+
+
+def _export(args):
+    from xnor_larq.export import export_tflite
+
+    report = export_tflite(
+        args.model_file, args.output, samples=args.samples, tolerance=args.tolerance
+    )
+    print(report.summary())
 
 
 def _bench(args):

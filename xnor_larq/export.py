@@ -75,8 +75,11 @@ class DenseAsConv1x1(tf.keras.layers.Layer):
         return outputs[:, 0, 0, :]
 
     def get_config(self):
-        return {**super().get_config(), "conv_config": self.conv_config,
-                "conv_class": self.conv_class}
+        return {
+            **super().get_config(),
+            "conv_config": self.conv_config,
+            "conv_class": self.conv_class,
+        }
 
 
 def _scaled_conv():
@@ -90,16 +93,27 @@ def _dense_to_conv(layer):
     is_scaled = isinstance(layer, ScaledQuantDense)
     conv_config = {
         key: config[key]
-        for key in ("activation", "use_bias", "kernel_initializer", "bias_initializer",
-                    "kernel_regularizer", "bias_regularizer", "activity_regularizer",
-                    "kernel_constraint", "bias_constraint", "input_quantizer",
-                    "kernel_quantizer", "dtype")
+        for key in (
+            "activation",
+            "use_bias",
+            "kernel_initializer",
+            "bias_initializer",
+            "kernel_regularizer",
+            "bias_regularizer",
+            "activity_regularizer",
+            "kernel_constraint",
+            "bias_constraint",
+            "input_quantizer",
+            "kernel_quantizer",
+            "dtype",
+        )
         if key in config
     }
     conv_config.update(filters=config["units"], kernel_size=(1, 1), name=f"{layer.name}_conv")
     if is_scaled:
-        conv_config.update(input_scaling=layer.input_scaling,
-                           input_scaling_gradient=layer.input_scaling_gradient)
+        conv_config.update(
+            input_scaling=layer.input_scaling, input_scaling_gradient=layer.input_scaling_gradient
+        )
     replacement = DenseAsConv1x1(
         conv_config, "ScaledQuantConv2D" if is_scaled else "QuantConv2D", name=layer.name
     )
@@ -107,8 +121,10 @@ def _dense_to_conv(layer):
 
 
 def _is_binary_dense(layer):
-    return isinstance(layer, lq.layers.QuantDense) and getattr(
-        layer.kernel_quantizer, "precision", None) == 1
+    return (
+        isinstance(layer, lq.layers.QuantDense)
+        and getattr(layer.kernel_quantizer, "precision", None) == 1
+    )
 
 
 def _check_supported(model):
@@ -133,8 +149,11 @@ def lce_compatible(model: tf.keras.Model) -> tf.keras.Model:
         return model
     clone = tf.keras.models.clone_model(
         model,
-        clone_function=lambda layer: _dense_to_conv(layer) if _is_binary_dense(layer)
-        else layer.__class__.from_config(layer.get_config()),
+        clone_function=lambda layer: (
+            _dense_to_conv(layer)
+            if _is_binary_dense(layer)
+            else layer.__class__.from_config(layer.get_config())
+        ),
     )
     for original, copy in zip(model.layers, clone.layers):
         weights = original.get_weights()
@@ -156,8 +175,9 @@ def _load(model):
         raise ValueError(f"{path}: could not load a Keras model ({error})") from error
 
 
-def export_tflite(model, output, *, sample_inputs=None, samples: int = 32, seed: int = 0,
-                  tolerance: float = 1e-3) -> ExportReport:
+def export_tflite(
+    model, output, *, sample_inputs=None, samples: int = 32, seed: int = 0, tolerance: float = 1e-3
+) -> ExportReport:
     """Convert ``model`` (a Keras model or a saved file) to an LCE flatbuffer.
 
     Checks LCE's interpreter against Keras on ``sample_inputs`` (or ``samples``
@@ -194,9 +214,15 @@ def export_tflite(model, output, *, sample_inputs=None, samples: int = 32, seed:
     tmp = output.with_name(output.name + ".tmp")
     tmp.write_bytes(flatbuffer)
     tmp.replace(output)
-    return ExportReport(str(output), len(flatbuffer), len(float_flatbuffer),
-                        len(float_flatbuffer) / len(flatbuffer), difference, agreement,
-                        len(sample_inputs))
+    return ExportReport(
+        str(output),
+        len(flatbuffer),
+        len(float_flatbuffer),
+        len(float_flatbuffer) / len(flatbuffer),
+        difference,
+        agreement,
+        len(sample_inputs),
+    )
 
 
 def report_dict(report: ExportReport) -> dict:
