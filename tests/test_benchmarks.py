@@ -84,7 +84,7 @@ def test_bench_entry_point_writes_json_and_the_document(tmp_path, capsys):
         )
         == 0
     )
-    assert cli.main([*common, "size"]) == 0
+    assert cli.main([*common, "size", "--files", "small_cnn"]) == 0
     accuracy = json.loads((results / "accuracy.json").read_text())
     speed = json.loads((results / "speed.json").read_text())
     size = json.loads((results / "size.json").read_text())
@@ -94,6 +94,9 @@ def test_bench_entry_point_writes_json_and_the_document(tmp_path, capsys):
     assert {r["model"] for r in size["models"]} >= {"small_cnn", "alexnet", "googlenet"}
     for r in size["models"]:
         assert r["binary_layers_compression"] == 32.0  # 1 bit against 32
+    small = next(r for r in size["models"] if r["model"] == "small_cnn")
+    assert small["lce_file_bytes"] < small["float32_tflite_bytes"]
+    assert "Larq Compute Engine file" in doc.read_text()
 
     text = doc.read_text()
     fp = accuracy["summary"]["fp"]["mean"] * 100

@@ -229,6 +229,21 @@ def render(results_dir="docs/results", doc="docs/RESULTS.md"):
                 f"{r['float32_bytes'] / 2**20:.2f} MiB | ×{r['compression']:.1f} | "
                 f"×{r['binary_layers_compression']:.1f} |"
             )
+        files = [r for r in size["models"] if "lce_file_bytes" in r]
+        if files:
+            out += [
+                "",
+                "Exported files (`xnor-larq export`'s conversion):",
+                "",
+                "| model | mode | Larq Compute Engine file | float32 TFLite file | ratio |",
+                "|---|---|---|---|---|",
+            ]
+            for r in files:
+                out.append(
+                    f"| {r['model']} | {r['mode']} | {r['lce_file_bytes'] / 2**20:.2f} MiB"
+                    f" | {r['float32_tflite_bytes'] / 2**20:.2f} MiB | "
+                    f"×{r['file_ratio']:.1f} |"
+                )
         out += [""]
     if plots:
         out += ["## Plots", ""] + [f"![{p}]({link}/{p})" for p in plots] + [""]

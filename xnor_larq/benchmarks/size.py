@@ -24,7 +24,28 @@ MODELS = [
 ]
 
 
-def measure(models=MODELS):
+#: Models whose exported files are measured too (the ImageNet ones take long).
+FILE_SIZES = ("small_cnn", "nin", "binarynet_vgg")
+
+
+def file_sizes(model) -> dict:
+    """Bytes of the Larq Compute Engine file and of a float32 TFLite file."""
+    import larq_compute_engine as lce
+    import tensorflow as tf
+
+    from xnor_larq.export import lce_compatible
+
+    exportable = lce_compatible(model)
+    lce_bytes = len(lce.convert_keras_model(exportable))
+    float_bytes = len(tf.lite.TFLiteConverter.from_keras_model(exportable).convert())
+    return {
+        "lce_file_bytes": lce_bytes,
+        "float32_tflite_bytes": float_bytes,
+        "file_ratio": float_bytes / lce_bytes,
+    }
+
+
+def measure(models=MODELS, with_files=FILE_SIZES):
     import larq as lq
 
     from xnor_larq.models import get_builder
@@ -55,9 +76,16 @@ def measure(models=MODELS):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--files",
+        nargs="*",
+        choices=list(FILE_SIZES),
+        default=list(FILE_SIZES),
+        help="models whose exported .tflite files are measured too",
+    )
     parser.add_argument("--json", help="write the results to this JSON file")
     args = parser.parse_args(argv)
-    results = measure()
+    results = measure(with_files=args.files)
     for r in results:
         print(
             f"{r['model']:<14} {r['mode']:<5} {r['memory_bytes'] / 2**20:8.2f} MiB vs "
