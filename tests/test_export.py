@@ -65,3 +65,28 @@ def test_nested_models_are_refused(tmp_path):
     outer = tf.keras.Sequential([tf.keras.Input((28, 28, 1)), inner])
     with pytest.raises(ValueError, match="Nested model"):
         export_tflite(outer, tmp_path / "out.tflite")
+
+
+SMALL_INPUTS = {
+    "small_cnn": (28, 28, 1),
+    "nin": (32, 32, 3),
+    "binarynet_vgg": (32, 32, 3),
+    "alexnet": (64, 64, 3),
+    "resnet18": (64, 64, 3),
+    "googlenet": (64, 64, 3),
+}
+EXTRA = {"binarynet_vgg": {"width": 16}}
+
+
+@pytest.mark.parametrize("mode", ["fp", "bwn", "xnor", "bnn"])
+@pytest.mark.parametrize("name", list(models.BUILDERS))
+def test_every_builder_and_mode_exports_and_agrees(tmp_path, name, mode):
+    model = with_trained_like_batch_norm(
+        models.get_builder(name)(
+            mode=mode, num_classes=10, input_shape=SMALL_INPUTS[name], **EXTRA.get(name, {})
+        )
+    )
+    report = export_tflite(
+        model, tmp_path / "model.tflite", samples=8, tolerance=1e-3, compare_float=False
+    )
+    assert report.top1_agreement >= 0.99 and report.max_abs_difference <= 1e-3

@@ -1,6 +1,5 @@
 """Every notebook runs top to bottom on the CI budget; committed ones carry no outputs."""
 
-import os
 from pathlib import Path
 
 import nbformat

@@ -47,11 +47,15 @@ class ExportReport:
     samples: int
 
     def summary(self) -> str:
+        size = f"{self.output}: {self.size_bytes / 1024:.1f} KiB"
+        if self.float32_size_bytes:
+            size += (
+                f" (float32 TFLite: {self.float32_size_bytes / 1024:.1f} KiB, "
+                f"{self.size_ratio:.1f}x smaller)"
+            )
         return (
-            f"{self.output}: {self.size_bytes / 1024:.1f} KiB (float32 TFLite: "
-            f"{self.float32_size_bytes / 1024:.1f} KiB, {self.size_ratio:.1f}x smaller); "
-            f"LCE vs Keras on {self.samples} samples: max |diff| {self.max_abs_difference:.2e}, "
-            f"top-1 agreement {self.top1_agreement:.1%}"
+            f"{size}; LCE vs Keras on {self.samples} samples: max |diff| "
+            f"{self.max_abs_difference:.2e}, top-1 agreement {self.top1_agreement:.1%}"
         )
 
 
@@ -176,14 +180,22 @@ def _load(model):
 
 
 def export_tflite(
-    model, output, *, sample_inputs=None, samples: int = 32, seed: int = 0, tolerance: float = 1e-3
+    model,
+    output,
+    *,
+    sample_inputs=None,
+    samples: int = 32,
+    seed: int = 0,
+    tolerance: float = 1e-3,
+    compare_float: bool = True,
 ) -> ExportReport:
     """Convert ``model`` (a Keras model or a saved file) to an LCE flatbuffer.
 
     Checks LCE's interpreter against Keras on ``sample_inputs`` (or ``samples``
     random inputs in [-1, 1]) and raises if outputs differ by more than
     ``tolerance`` or top-1 agrees on fewer than 99%; no file is left behind on
-    failure.
+    failure. ``compare_float=False`` skips the float32 TFLite conversion (its
+    size is then reported as 0).
     """
     import larq_compute_engine as lce
 
@@ -195,7 +207,9 @@ def export_tflite(
         raise FileNotFoundError(f"folder {output.parent} for --output does not exist")
     exportable = lce_compatible(keras_model)
     flatbuffer = lce.convert_keras_model(exportable)
-    float_flatbuffer = tf.lite.TFLiteConverter.from_keras_model(exportable).convert()
+    float_flatbuffer = (
+        tf.lite.TFLiteConverter.from_keras_model(exportable).convert() if compare_float else b""
+    )
 
     if sample_inputs is None:
         shape = keras_model.input_shape[1:]
