@@ -39,8 +39,9 @@ def test_dense_rewrite_computes_the_same_function(rng, mode):
     assert any(isinstance(layer, DenseAsConv1x1) for layer in rewritten.layers)
 
 
-def test_binarynet_vgg_exports_at_least_20x_smaller(tmp_path):
-    model = with_trained_like_batch_norm(models.binarynet_vgg(mode="bnn"))
+@pytest.mark.parametrize("mode", ["xnor", "bnn"])
+def test_binarynet_vgg_exports_at_least_20x_smaller(tmp_path, mode):
+    model = with_trained_like_batch_norm(models.binarynet_vgg(mode=mode))
     report = export_tflite(model, tmp_path / "vgg.tflite", samples=8)
     assert (tmp_path / "vgg.tflite").stat().st_size == report.size_bytes
     assert report.size_ratio >= 20, report.summary()

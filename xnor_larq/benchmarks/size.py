@@ -69,6 +69,7 @@ def measure(models=MODELS, with_files=FILE_SIZES):
                 "compression": profile.fp_equivalent_memory / profile.memory,
                 "binary_layers_compression": binary_fp_bits / binary_bits if binary_bits else None,
                 "binarized_mac_ratio": profile.op_count("mac", 1) / profile.op_count("mac"),
+                **(file_sizes(model) if name in with_files else {}),
             }
         )
     return results
