@@ -79,8 +79,27 @@ SMALL_INPUTS = {
 EXTRA = {"binarynet_vgg": {"width": 16}}
 
 
-@pytest.mark.parametrize("mode", ["fp", "bwn", "xnor", "bnn"])
-@pytest.mark.parametrize("name", list(models.BUILDERS))
+# Measured disagreements of LCE 0.16's x86 interpreter with Keras, still open:
+# top-1 agreement 12.5% (resnet18 bnn), 62.5% (googlenet xnor and bnn) on 8 samples.
+KNOWN_LCE_MISMATCH = {("resnet18", "bnn"), ("googlenet", "xnor"), ("googlenet", "bnn")}
+
+
+def _case(name, mode):
+    marks = []
+    if (name, mode) in KNOWN_LCE_MISMATCH:
+        marks = [
+            pytest.mark.xfail(
+                strict=True,
+                raises=ValueError,
+                reason="LCE output differs from Keras (open, issue 6)",
+            )
+        ]
+    return pytest.param(name, mode, marks=marks, id=f"{name}-{mode}")
+
+
+@pytest.mark.parametrize(
+    "name,mode", [_case(n, m) for n in models.BUILDERS for m in ("fp", "bwn", "xnor", "bnn")]
+)
 def test_every_builder_and_mode_exports_and_agrees(tmp_path, name, mode):
     model = with_trained_like_batch_norm(
         models.get_builder(name)(
