@@ -80,7 +80,8 @@ EXTRA = {"binarynet_vgg": {"width": 16}}
 
 
 # Measured disagreements of LCE 0.16's x86 interpreter with Keras, still open:
-# top-1 agreement 12.5% (resnet18 bnn), 62.5% (googlenet xnor and bnn) on 8 samples.
+# top-1 agreement 12.5% (resnet18 bnn), 62.5% (googlenet xnor and bnn) on 8 samples
+# (weights are not seeded here, so not strict).
 KNOWN_LCE_MISMATCH = {("resnet18", "bnn"), ("googlenet", "xnor"), ("googlenet", "bnn")}
 
 
