@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from references import EXTRA, SMALL_INPUTS
 
 from xnor_larq import models
 from xnor_larq.export import DenseAsConv1x1, export_tflite, lce_compatible
@@ -66,17 +67,6 @@ def test_nested_models_are_refused(tmp_path):
     outer = tf.keras.Sequential([tf.keras.Input((28, 28, 1)), inner])
     with pytest.raises(ValueError, match="Nested model"):
         export_tflite(outer, tmp_path / "out.tflite")
-
-
-SMALL_INPUTS = {
-    "small_cnn": (28, 28, 1),
-    "nin": (32, 32, 3),
-    "binarynet_vgg": (32, 32, 3),
-    "alexnet": (64, 64, 3),
-    "resnet18": (64, 64, 3),
-    "googlenet": (64, 64, 3),
-}
-EXTRA = {"binarynet_vgg": {"width": 16}}
 
 
 # Measured disagreements of LCE 0.16's x86 interpreter with Keras, still open:

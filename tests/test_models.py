@@ -3,20 +3,12 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from references import EXTRA, SMALL_INPUTS
 
 from xnor_larq import models
 from xnor_larq.layers import ScaledQuantConv2D, ScaledQuantDense
 
 MODES = ["fp", "bwn", "xnor", "bnn"]
-SMALL_INPUTS = {  # small inputs keep the ImageNet models cheap in CI
-    "small_cnn": (28, 28, 1),
-    "nin": (32, 32, 3),
-    "binarynet_vgg": (32, 32, 3),
-    "alexnet": (64, 64, 3),
-    "resnet18": (64, 64, 3),
-    "googlenet": (64, 64, 3),
-}
-EXTRA = {"binarynet_vgg": {"width": 16}}
 
 
 @pytest.mark.parametrize("mode", MODES)

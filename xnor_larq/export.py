@@ -19,7 +19,7 @@ and the check then fails. Trained models (non-trivial BN statistics) agree.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import larq as lq
@@ -237,7 +237,3 @@ def export_tflite(
         agreement,
         len(sample_inputs),
     )
-
-
-def report_dict(report: ExportReport) -> dict:
-    return asdict(report)
