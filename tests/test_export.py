@@ -1,12 +1,19 @@
 """Export to Larq Compute Engine: the dense rewrite, sizes, and agreement with Keras."""
 
+import larq as lq
+import larq_compute_engine as lce
 import numpy as np
 import pytest
 import tensorflow as tf
 from references import EXTRA, SMALL_INPUTS
 
 from xnor_larq import models
-from xnor_larq.export import DenseAsConv1x1, export_tflite, lce_compatible
+from xnor_larq.export import (
+    DenseAsConv1x1,
+    UnsupportedLayerError,
+    export_tflite,
+    lce_compatible,
+)
 
 
 def with_trained_like_batch_norm(model, seed=1):
@@ -69,35 +76,94 @@ def test_nested_models_are_refused(tmp_path):
         export_tflite(outer, tmp_path / "out.tflite")
 
 
-# Measured disagreements of LCE 0.16's x86 interpreter with Keras, still open:
-# top-1 agreement 12.5% (resnet18 bnn), 62.5% (googlenet xnor and bnn) on 8 samples
-# (weights are not seeded here, so not strict).
-KNOWN_LCE_MISMATCH = {("resnet18", "bnn"), ("googlenet", "xnor"), ("googlenet", "bnn")}
+def binary_conv_model(size, kernel_size, dilation=1, **conv):
+    inputs = tf.keras.Input((size, size, 64))
+    outputs = lq.layers.QuantConv2D(
+        32,
+        kernel_size,
+        padding="same",
+        dilation_rate=dilation,
+        input_quantizer="ste_sign",
+        kernel_quantizer="ste_sign",
+        use_bias=False,
+        **conv,
+    )(inputs)
+    return tf.keras.Model(inputs, outputs)
 
 
-def _case(name, mode):
-    marks = []
-    if (name, mode) in KNOWN_LCE_MISMATCH:
-        marks = [
-            pytest.mark.xfail(
-                strict=False,  # weights are not seeded here
-                raises=ValueError,
-                reason="LCE output differs from Keras (open, issue 6)",
-            )
-        ]
-    return pytest.param(name, mode, marks=marks, id=f"{name}-{mode}")
+SMALL_MAP_CASES = [(2, 3, 1), (4, 5, 1), (4, 3, 2)]  # (map size, kernel size, dilation)
 
 
-@pytest.mark.parametrize(
-    "name,mode", [_case(n, m) for n in models.BUILDERS for m in ("fp", "bwn", "xnor", "bnn")]
-)
-def test_every_builder_and_mode_exports_and_agrees(tmp_path, name, mode):
-    model = with_trained_like_batch_norm(
+@pytest.mark.parametrize("size,kernel_size,dilation", SMALL_MAP_CASES)
+def test_lce_still_miscomputes_zero_padded_binary_conv_on_small_maps(
+    rng, size, kernel_size, dilation
+):
+    # Why the exporter refuses these layers. If an LCE upgrade fixes the bug,
+    # this test fails: then drop export._check_zero_padding.
+    model = binary_conv_model(size, kernel_size, dilation)
+    interpreter = lce.testing.Interpreter(lce.convert_keras_model(model))
+    x = rng.normal(size=(1, size, size, 64)).astype("float32")
+    assert np.abs(interpreter.predict(x) - model(x).numpy()).max() > 1
+
+
+@pytest.mark.parametrize("size,kernel_size,dilation", SMALL_MAP_CASES)
+def test_small_zero_padded_maps_are_refused_and_one_padding_exports(
+    tmp_path, size, kernel_size, dilation
+):
+    model = binary_conv_model(size, kernel_size, dilation)
+    name = model.layers[1].name
+    with pytest.raises(UnsupportedLayerError, match=rf"'{name}' has a {size}×{size} input map"):
+        export_tflite(model, tmp_path / "m.tflite")
+    assert not list(tmp_path.iterdir())
+    one_padded = binary_conv_model(size, kernel_size, dilation, pad_values=1.0)
+    report = export_tflite(one_padded, tmp_path / "m.tflite", samples=2, compare_float=False)
+    assert report.max_abs_difference == 0.0
+
+
+def test_map_as_large_as_the_kernel_exports(tmp_path):
+    report = export_tflite(binary_conv_model(3, 3), tmp_path / "m.tflite", samples=2)
+    assert report.max_abs_difference == 0.0
+
+
+#: The ImageNet models' last stages shrink to 2×2 (ResNet-18) and 4×4/2×2
+#: (GoogLeNet, 5×5 kernels) at the small test inputs: refused in binary modes.
+REFUSED_AT_SMALL_INPUTS = {(n, m) for n in ("resnet18", "googlenet") for m in ("xnor", "bnn")}
+
+
+def build(name, mode, input_shape=None):
+    # Seeded: on one unseeded GoogLeNet-XNOR draw, a pre-activation within float
+    # rounding of 0 flipped sign (LCE folds BN in another order) and moved the
+    # probabilities by 0.009 (top-1 unchanged).
+    tf.keras.utils.set_random_seed(0)
+    return with_trained_like_batch_norm(
         models.get_builder(name)(
-            mode=mode, num_classes=10, input_shape=SMALL_INPUTS[name], **EXTRA.get(name, {})
+            mode=mode,
+            num_classes=10,
+            input_shape=input_shape or SMALL_INPUTS[name],
+            **EXTRA.get(name, {}),
         )
     )
+
+
+@pytest.mark.parametrize("mode", ["fp", "bwn", "xnor", "bnn"])
+@pytest.mark.parametrize("name", list(models.BUILDERS))
+def test_every_builder_and_mode_exports_and_agrees(tmp_path, name, mode):
+    model = build(name, mode)
+    if (name, mode) in REFUSED_AT_SMALL_INPUTS:
+        with pytest.raises(UnsupportedLayerError, match="smaller than its"):
+            export_tflite(model, tmp_path / "model.tflite")
+        return
     report = export_tflite(
         model, tmp_path / "model.tflite", samples=8, tolerance=1e-3, compare_float=False
     )
+    assert report.top1_agreement >= 0.99 and report.max_abs_difference <= 1e-3
+
+
+@pytest.mark.parametrize(
+    "name,size", [("resnet18", 96), ("googlenet", 160)]
+)  # the smallest inputs whose last maps are at least as large as the kernels
+@pytest.mark.parametrize("mode", ["xnor", "bnn"])
+def test_imagenet_models_export_at_larger_inputs(tmp_path, name, size, mode):
+    model = build(name, mode, (size, size, 3))
+    report = export_tflite(model, tmp_path / "model.tflite", samples=4, compare_float=False)
     assert report.top1_agreement >= 0.99 and report.max_abs_difference <= 1e-3

@@ -15,6 +15,12 @@ A caveat measured here: in an *untrained* model every BatchNormalization is
 the identity, so integer binary-conv sums reach exactly 0 and ``sign(0)``
 ties decide the output; LCE can break those ties differently from TensorFlow,
 and the check then fails. Trained models (non-trivial BN statistics) agree.
+
+One case is refused before converting: LCE 0.16 computes a zero-padded
+("same", ``pad_values=0``) binary convolution wrongly when its input map is
+smaller than the kernel (measured: a 3×3 kernel on a 2×2 map, a 5×5 kernel on
+a 4×4 map). The ImageNet models at their native 224×224 never hit it; the same
+models built for 64×64 inputs do, in their last stages.
 """
 
 from __future__ import annotations
@@ -131,8 +137,39 @@ def _is_binary_dense(layer):
     )
 
 
+def _is_binary_conv(layer):
+    return (
+        isinstance(layer, lq.layers.QuantConv2D)
+        and getattr(layer.kernel_quantizer, "precision", None) == 1
+        and getattr(layer.input_quantizer, "precision", None) == 1
+    )
+
+
+def _check_zero_padding(layer):
+    """Refuse the binary convolutions that LCE 0.16 computes wrongly.
+
+    Measured here (tests/test_export.py): with ``padding="same"`` and zero
+    padding (``pad_values=0``), LCE's binary convolution disagrees with
+    TensorFlow whenever the input map is smaller than the dilated kernel in
+    height or width (e.g. a 3×3 kernel on a 2×2 map); one padding is exact.
+    """
+    if not _is_binary_conv(layer) or layer.padding != "same" or layer.pad_values != 0:
+        return
+    spatial = layer.input_shape[1:3]
+    extent = [(k - 1) * d + 1 for k, d in zip(layer.kernel_size, layer.dilation_rate)]
+    if any(size is not None and size < span for size, span in zip(spatial, extent)):
+        raise UnsupportedLayerError(
+            f"Binary convolution '{layer.name}' has a {spatial[0]}×{spatial[1]} input "
+            f"map, smaller than its {extent[0]}×{extent[1]} (dilated) kernel, with "
+            "zero 'same' padding: Larq Compute Engine 0.16 computes this case wrongly. "
+            "Build the model for larger inputs (e.g. the ImageNet models at their "
+            "native 224×224), or give that layer pad_values=1.0 or padding='valid'."
+        )
+
+
 def _check_supported(model):
     for layer in model.layers:
+        _check_zero_padding(layer)
         if isinstance(layer, tf.keras.Model):
             raise UnsupportedLayerError(
                 f"Nested model '{layer.name}' is not supported by the exporter; build the "
