@@ -1,0 +1,122 @@
+"""The compiled bitpacked kernels against TensorFlow/numpy references."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from xnor_larq import bitpack
+from xnor_larq.layers import input_scaling_map
+
+
+def signs(rng, shape):
+    return np.where(rng.normal(size=shape) < 0, -1.0, 1.0).astype("float32")
+
+
+def reference_conv(x, kernel, strides, dilation, padding, pad_value):
+    """tf.nn.conv2d of ±1 arrays; non-zero padding done by explicit np.pad."""
+    if padding == "same" and pad_value != 0:
+        (kh, kw), (h, w) = kernel.shape[:2], x.shape[1:3]
+        pads = []
+        for size, k, s, d in ((h, kh, strides[0], dilation[0]), (w, kw, strides[1], dilation[1])):
+            out = -(-size // s)
+            total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
+            pads.append((total // 2, total - total // 2))
+        x = np.pad(x, ((0, 0), *pads, (0, 0)), constant_values=pad_value)
+        padding = "valid"
+    return tf.nn.conv2d(x, kernel, strides, padding.upper(), dilations=dilation).numpy()
+
+
+CASES = [
+    # (height, width, channels, outputs, kernel, strides, dilation, padding, pad_value)
+    (7, 5, 70, 13, (3, 3), (1, 1), (1, 1), "same", 0),
+    (7, 5, 70, 13, (3, 3), (2, 2), (1, 1), "same", 1),
+    (9, 8, 16, 5, (3, 3), (2, 2), (1, 1), "valid", 0),
+    (6, 6, 130, 3, (5, 5), (1, 1), (1, 1), "same", -1),
+    (8, 8, 32, 4, (3, 3), (1, 1), (2, 2), "same", 0),
+    (11, 9, 64, 65, (3, 1), (1, 2), (1, 1), "same", 0),
+    (2, 2, 64, 8, (3, 3), (1, 1), (1, 1), "same", 0),  # map smaller than kernel
+    (5, 5, 1, 7, (1, 1), (1, 1), (1, 1), "valid", 0),
+]
+
+
+@pytest.mark.parametrize("h,w,c,o,kernel,strides,dilation,padding,pad_value", CASES)
+def test_binary_conv_is_exactly_the_integer_convolution(
+    rng, h, w, c, o, kernel, strides, dilation, padding, pad_value
+):
+    x = signs(rng, (2, h, w, c))
+    weights = signs(rng, (*kernel, c, o))
+    packed, tap_sums = bitpack.pack_weights(weights)
+    got = bitpack.binary_conv2d(
+        bitpack.pack_channels(x),
+        c,
+        packed,
+        tap_sums,
+        kernel,
+        strides=strides,
+        dilation_rate=dilation,
+        padding=padding,
+        pad_value=pad_value,
+    )
+    expected = reference_conv(x, weights, strides, dilation, padding, pad_value)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_epilogue_applies_multiplier_scale_map_and_offset(rng):
+    x, weights = signs(rng, (2, 6, 6, 40)), signs(rng, (3, 3, 40, 9))
+    packed, tap_sums = bitpack.pack_weights(weights)
+    multiplier, offset = rng.normal(size=9).astype("float32"), rng.normal(size=9).astype("float32")
+    scale_map = rng.uniform(0.1, 2, size=(2, 6, 6)).astype("float32")
+    got = bitpack.binary_conv2d(
+        bitpack.pack_channels(x),
+        40,
+        packed,
+        tap_sums,
+        (3, 3),
+        padding="same",
+        multiplier=multiplier,
+        offset=offset,
+        scale_map=scale_map,
+    )
+    dot = reference_conv(x, weights, (1, 1), (1, 1), "same", 0)
+    expected = dot * multiplier * scale_map[..., None] + offset
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-5)
+
+
+def test_packing_layout_and_size(rng):
+    x = rng.normal(size=(3, 130)).astype("float32")
+    x[0, 5] = 0.0  # sign(0) = +1: a clear bit
+    packed = bitpack.pack_channels(x)
+    assert packed.shape == (3, 3) and packed.dtype == np.uint64
+    bits = np.unpackbits(packed.view(np.uint8), axis=-1, bitorder="little")[:, :130]
+    np.testing.assert_array_equal(bits, (x < 0).astype(np.uint8))
+    tail = np.unpackbits(packed.view(np.uint8), axis=-1, bitorder="little")[:, 130:]
+    assert not tail.any()  # the unused tail of the last word stays clear
+
+
+@pytest.mark.parametrize(
+    "kernel,strides,dilation,padding",
+    [((3, 3), (1, 1), (1, 1), "same"), ((3, 3), (2, 2), (1, 1), "same"),
+     ((5, 3), (2, 1), (1, 1), "valid"), ((3, 3), (1, 1), (2, 2), "same")],
+)  # fmt: skip
+def test_input_scaling_map_matches_the_layer(rng, kernel, strides, dilation, padding):
+    x = rng.normal(size=(2, 9, 7, 5)).astype("float32")
+    got = bitpack.input_scaling_map(
+        x, kernel, strides=strides, dilation_rate=dilation, padding=padding
+    )
+    expected = input_scaling_map(tf.constant(x), kernel, strides, padding, dilation).numpy()
+    np.testing.assert_allclose(got, expected[..., 0], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("pool,strides,padding", [(2, 2, "valid"), (3, 2, "same"), (3, 1, "same")])
+def test_max_pool_matches_keras(rng, pool, strides, padding):
+    x = rng.normal(size=(2, 7, 6, 5)).astype("float32")
+    got = bitpack.max_pool2d(x, (pool, pool), (strides, strides), padding)
+    layer = tf.keras.layers.MaxPool2D(pool, strides=strides, padding=padding)
+    np.testing.assert_array_equal(got, layer(x).numpy())
+
+
+def test_valid_convolution_larger_than_input_is_refused(rng):
+    packed, tap_sums = bitpack.pack_weights(signs(rng, (5, 5, 8, 2)))
+    x = bitpack.pack_channels(signs(rng, (1, 3, 3, 8)))
+    with pytest.raises(ValueError, match="at least 5×5. Received: 3×3"):
+        bitpack.binary_conv2d(x, 8, packed, tap_sums, (5, 5), padding="valid")

@@ -1,0 +1,192 @@
+"""Compiled bitpacked inference against the Keras models it was compiled from."""
+
+import larq as lq
+import numpy as np
+import pytest
+import tensorflow as tf
+from references import EXTRA, SMALL_INPUTS
+from test_export import with_trained_like_batch_norm
+
+from xnor_larq import ScaledQuantConv2D, ScaledQuantDense, inference, models
+from xnor_larq.inference import BinaryLayer, UnsupportedLayerError
+
+
+def build(name, mode, **kwargs):
+    tf.keras.utils.set_random_seed(0)
+    model = models.get_builder(name)(
+        mode=mode,
+        num_classes=10,
+        input_shape=SMALL_INPUTS[name],
+        **EXTRA.get(name, {}),
+        **kwargs,
+    )
+    return with_trained_like_batch_norm(model)
+
+
+def keras_values(model, x):
+    """Every layer output of ``model`` on ``x``, keyed like CompiledModel.steps."""
+    layers = [layer for layer in model.layers if not isinstance(layer, tf.keras.layers.InputLayer)]
+    probe = tf.keras.Model(model.inputs, [layer.output for layer in layers])
+    values = dict(zip((id(layer.output) for layer in layers), probe(x, training=False)))
+    values[id(model.inputs[0])] = tf.constant(x)
+    return {key: np.asarray(value) for key, value in values.items()}
+
+
+def assert_close(got, expected, rtol=1e-4):
+    # Relative to the tensor's scale: a float epilogue within 1e-4 relative.
+    scale = max(float(np.abs(expected).max()), 1e-6)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("mode", ["xnor", "bnn"])
+@pytest.mark.parametrize("name", list(models.BUILDERS))
+def test_every_step_of_every_builder_matches_keras(rng, name, mode):
+    """Each compiled step, fed Keras's own inputs, reproduces Keras's output.
+
+    Feeding Keras's values (not our own) keeps one float-rounding tie at a
+    sign (a pre-activation within 1e-6 of 0) from cascading: in a random
+    deep binary net such a flip changes everything after it.
+    """
+    model = build(name, mode)
+    compiled = inference.compile(model)
+    x = rng.uniform(-1, 1, size=(3, *SMALL_INPUTS[name])).astype("float32")
+    values = keras_values(model, x)
+    for step in compiled.steps:
+        got = step.run(*(values[i] for i in step.inputs))
+        assert_close(got, values[step.output])
+    assert compiled.binary_layers, "no layer was packed"
+    assert len(compiled.binary_layers) == models.BINARY_LAYERS[name]
+    assert compiled.packed_weight_bytes * 30 <= compiled.float32_weight_bytes
+
+
+@pytest.mark.parametrize("mode", ["xnor", "bnn"])
+@pytest.mark.parametrize("name", ["small_cnn", "binarynet_vgg"])
+def test_whole_model_predictions_match_keras(rng, name, mode):
+    model = build(name, mode)
+    x = rng.uniform(-1, 1, size=(8, *SMALL_INPUTS[name])).astype("float32")
+    compiled = inference.compile(model)
+    assert_close(compiled.predict(x, batch_size=3), model.predict(x, verbose=0))
+
+
+def single_layer_model(layer, input_shape, batch_norm=True):
+    inputs = tf.keras.Input(input_shape)
+    outputs = layer(inputs)
+    if batch_norm:
+        outputs = tf.keras.layers.BatchNormalization()(outputs)
+    return with_trained_like_batch_norm(tf.keras.Model(inputs, outputs))
+
+
+GEOMETRIES = [
+    # (input h, w, c), kernel, strides, padding, pad_values
+    ((9, 7, 70), 3, 1, "same", 0.0),
+    ((9, 7, 70), 3, 2, "same", 0.0),
+    ((9, 7, 70), 3, 2, "valid", 0.0),
+    ((8, 8, 130), 3, 1, "same", 1.0),
+    ((8, 8, 130), 3, 2, "same", -1.0),
+    ((5, 5, 16), 5, 1, "same", 0.0),
+    ((6, 6, 64), (3, 1), (1, 2), "same", 0.0),
+]
+
+
+@pytest.mark.parametrize("input_shape,kernel,strides,padding,pad_values", GEOMETRIES)
+@pytest.mark.parametrize("kind", ["xnor", "xnor_no_k", "bnn", "larq"])
+def test_conv_geometries_match(rng, kind, input_shape, kernel, strides, padding, pad_values):
+    arguments = dict(strides=strides, padding=padding, pad_values=pad_values, use_bias=True)
+    if kind.startswith("xnor"):
+        layer = ScaledQuantConv2D(37, kernel, input_scaling=kind == "xnor", **arguments)
+    elif kind == "bnn":
+        conv = dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign")
+        layer = lq.layers.QuantConv2D(37, kernel, **conv, **arguments)
+    else:
+        conv = dict(input_quantizer="ste_sign", kernel_quantizer="magnitude_aware_sign")
+        layer = lq.layers.QuantConv2D(37, kernel, **conv, **arguments)
+    model = single_layer_model(layer, input_shape)
+    model.layers[1].bias.assign(rng.normal(size=37))
+    compiled = inference.compile(model)
+    assert compiled.binary_layers[0].folded == [model.layers[2].name]
+    x = rng.normal(size=(3, *input_shape)).astype("float32")
+    assert_close(compiled.predict(x), model(x).numpy())
+
+
+@pytest.mark.parametrize("scaled", [True, False])
+def test_dense_layers_match(rng, scaled):
+    if scaled:
+        layer = ScaledQuantDense(33, use_bias=True)
+    else:
+        layer = lq.layers.QuantDense(33, input_quantizer="ste_sign", kernel_quantizer="ste_sign")
+    model = single_layer_model(layer, (100,))
+    x = rng.normal(size=(5, 100)).astype("float32")
+    compiled = inference.compile(model)
+    assert compiled.binary_layers[0].kind == "dense"
+    assert_close(compiled.predict(x), model(x).numpy())
+
+
+def test_activation_after_binary_layer_blocks_batch_norm_folding(rng):
+    layer = ScaledQuantConv2D(8, 3, padding="same", activation="relu")
+    model = single_layer_model(layer, (6, 6, 8))
+    compiled = inference.compile(model)
+    assert compiled.binary_layers[0].folded == []
+    x = rng.normal(size=(2, 6, 6, 8)).astype("float32")
+    assert_close(compiled.predict(x), model(x).numpy())
+
+
+def test_stochastic_bnn_compiles_to_its_deterministic_inference(rng):
+    model = build("small_cnn", "bnn", stochastic=True, seed=3)
+    x = rng.uniform(-1, 1, size=(4, 28, 28, 1)).astype("float32")
+    compiled = inference.compile(model)
+    assert len(compiled.binary_layers) == 4
+    values = keras_values(model, x)
+    for step in compiled.steps:
+        assert_close(step.run(*(values[i] for i in step.inputs)), values[step.output])
+
+
+def test_saved_and_loaded_model_compiles(tmp_path, rng):
+    model = build("small_cnn", "xnor")
+    model.save(tmp_path / "model.keras")
+    loaded = tf.keras.models.load_model(tmp_path / "model.keras")
+    x = rng.uniform(-1, 1, size=(4, 28, 28, 1)).astype("float32")
+    assert_close(inference.compile(loaded).predict(x), model(x).numpy())
+
+
+def half_binary_model():
+    inputs = tf.keras.Input((6, 6, 4))
+    outputs = lq.layers.QuantConv2D(
+        3, 3, input_quantizer="ste_sign", kernel_quantizer=None, name="half_binary"
+    )(inputs)
+    return tf.keras.Model(inputs, outputs)
+
+
+def test_half_binary_layer_is_refused_or_falls_back(rng):
+    model = half_binary_model()
+    with pytest.raises(UnsupportedLayerError, match="'half_binary'.*kernel is not ±α.*fallback"):
+        inference.compile(model)
+    compiled = inference.compile(model, fallback=True)
+    assert compiled.fallback_layers == ["half_binary"] and not compiled.binary_layers
+    x = rng.normal(size=(2, 6, 6, 4)).astype("float32")
+    np.testing.assert_allclose(compiled.predict(x), model(x).numpy(), rtol=1e-6)
+
+
+def test_nested_and_shared_layers_and_bad_inputs_are_refused(rng):
+    inner = models.small_cnn(mode="bnn")
+    outer = tf.keras.Sequential([tf.keras.Input((28, 28, 1)), inner])
+    with pytest.raises(UnsupportedLayerError, match="nested"):
+        inference.compile(outer)
+    shared = tf.keras.layers.Dense(4)
+    inputs = tf.keras.Input((4,))
+    twice = tf.keras.Model(inputs, shared(shared(inputs)))
+    with pytest.raises(UnsupportedLayerError, match="shared"):
+        inference.compile(twice)
+    with pytest.raises(ValueError, match="built Keras model"):
+        inference.compile("model.keras")
+    compiled = inference.compile(models.small_cnn(mode="bnn"))
+    with pytest.raises(ValueError, match="takes 1 inputs. Received: 2"):
+        compiled.predict([np.zeros((1, 28, 28, 1))] * 2)
+
+
+def test_summary_reports_the_packing():
+    compiled = inference.compile(build("binarynet_vgg", "xnor"))
+    text = compiled.summary()
+    assert f"{len(compiled.binary_layers)} bitpacked layers" in text
+    assert all(isinstance(layer, BinaryLayer) for layer in compiled.binary_layers)
+    ratio = compiled.float32_weight_bytes / compiled.packed_weight_bytes
+    assert f"{ratio:.1f}x smaller" in text

@@ -1,0 +1,338 @@
+"""Compiled (numba) kernels for bitpacked binary inference on CPUs.
+
+Bit convention: a set bit is -1, a clear bit is +1 (so ``sign(0) = +1``, as in
+Larq). For ±1 vectors ``a``, ``b`` of length ``n`` packed this way,
+``a·b = n - 2·popcount(a XOR b)``.
+
+A binary convolution is computed per output pixel: the receptive field is
+gathered into one contiguous bit string (tap after tap, ``C`` bits each, the
+tail of the last 64-bit word clear), then XOR-ed and popcounted against each
+output channel's weight bit string laid out the same way. Padding taps are
+gathered as +1 and corrected exactly afterwards with the per-tap sum of the
+weights, so zero padding and Larq's ±1 ``pad_values`` are all exact. The float
+epilogue ``dot · multiplier[o] · K + offset[o]`` holds α, K, a bias and a
+folded BatchNormalization.
+
+Importing this module needs numba (``pip install "xnor_larq[fast]"``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    import numba
+    from numba import prange, types
+    from numba.extending import intrinsic
+except ImportError as error:  # pragma: no cover - exercised without the extra
+    raise ImportError(
+        "xnor_larq's compiled inference needs numba. Install it with "
+        '`pip install "xnor_larq[fast]"` (or `pip install numba`).'
+    ) from error
+
+__all__ = [
+    "WORD_BITS",
+    "binary_conv2d",
+    "input_scaling_map",
+    "max_pool2d",
+    "pack_channels",
+    "pack_weights",
+    "words_for",
+]
+
+WORD_BITS = 64
+_JIT = dict(cache=True, fastmath=True)
+
+
+def words_for(bits: int) -> int:
+    """64-bit words holding ``bits`` bits."""
+    return -(-bits // WORD_BITS)
+
+
+@intrinsic
+def _popcount(typingctx, value):
+    if value != types.uint64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+
+    return types.uint64(types.uint64), codegen
+
+
+@numba.njit(parallel=True, **_JIT)
+def _pack_rows(values, words):
+    # values: (rows, bits) float32 -> (rows, words) uint64, bit set where < 0.
+    rows, bits = values.shape
+    packed = np.empty((rows, words), np.uint64)
+    for r in prange(rows):
+        for w in range(words):
+            word = np.uint64(0)
+            for i in range(min(64, bits - w * 64)):
+                if values[r, w * 64 + i] < 0:
+                    word |= np.uint64(1) << np.uint64(i)
+            packed[r, w] = word
+    return packed
+
+
+def pack_channels(x: np.ndarray) -> np.ndarray:
+    """Pack the last axis of a float array: ``(..., C)`` → ``(..., ceil(C/64))`` uint64."""
+    x = np.ascontiguousarray(x, np.float32)
+    channels = x.shape[-1]
+    packed = _pack_rows(x.reshape(-1, channels), words_for(channels))
+    return packed.reshape(*x.shape[:-1], -1)
+
+
+def pack_weights(signs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pack a ±1 kernel ``(kh, kw, C, O)`` into per-channel bit strings.
+
+    Returns ``(packed, tap_sums)``: ``packed`` is ``(O, ceil(kh·kw·C/64))``
+    uint64 with tap ``t`` at bits ``t·C … t·C+C-1``; ``tap_sums`` is
+    ``(O, kh·kw)`` int32, the sum of the signs of each tap (for padding).
+    """
+    kernel_h, kernel_w, channels, outputs = signs.shape
+    per_output = np.ascontiguousarray(np.transpose(signs, (3, 0, 1, 2)), np.float32)
+    flat = per_output.reshape(outputs, kernel_h * kernel_w * channels)
+    packed = _pack_rows(flat, words_for(flat.shape[1]))
+    tap_sums = per_output.reshape(outputs, kernel_h * kernel_w, channels).sum(-1)
+    return packed, tap_sums.astype(np.int32)
+
+
+@numba.njit(parallel=True, **_JIT)
+def _binary_conv2d(
+    x_packed,
+    channels,
+    w_packed,
+    tap_sums,
+    kernel_h,
+    kernel_w,
+    stride_h,
+    stride_w,
+    dilation_h,
+    dilation_w,
+    pad_top,
+    pad_left,
+    out_h,
+    out_w,
+    pad_value,
+    multiplier,
+    offset,
+    scale_map,
+    use_scale_map,
+):
+    batch, height, width, in_words = x_packed.shape
+    outputs, words = w_packed.shape
+    taps = kernel_h * kernel_w
+    out = np.empty((batch, out_h, out_w, outputs), np.float32)
+    full_dot = taps * channels
+    # One task per output row; the gather buffers are reused along the row.
+    for row in prange(batch * out_h):
+        n = row // out_h
+        oh = row % out_h
+        patch = np.empty(words, np.uint64)
+        padded = np.empty(taps, np.bool_)
+        for ow in range(out_w):
+            patch[:] = 0
+            any_padded = False
+            for kh in range(kernel_h):
+                ih = oh * stride_h - pad_top + kh * dilation_h
+                for kw in range(kernel_w):
+                    iw = ow * stride_w - pad_left + kw * dilation_w
+                    tap = kh * kernel_w + kw
+                    outside = ih < 0 or ih >= height or iw < 0 or iw >= width
+                    padded[tap] = outside
+                    if outside:
+                        any_padded = True
+                        continue
+                    start = tap * channels
+                    for j in range(in_words):
+                        bit = start + j * 64
+                        index = bit // 64
+                        shift = np.uint64(bit % 64)
+                        value = x_packed[n, ih, iw, j]
+                        patch[index] |= value << shift
+                        if shift != 0 and index + 1 < words:
+                            patch[index + 1] |= value >> (np.uint64(64) - shift)
+            scale = scale_map[n, oh, ow] if use_scale_map else np.float32(1.0)
+            for o in range(outputs):
+                mismatches = np.uint64(0)
+                for k in range(words):
+                    mismatches += _popcount(patch[k] ^ w_packed[o, k])
+                dot = full_dot - 2 * np.int64(mismatches)
+                if any_padded:
+                    # Padded taps were gathered as +1 (contributing tap_sums);
+                    # they should contribute pad_value · tap_sums.
+                    for tap in range(taps):
+                        if padded[tap]:
+                            dot += (pad_value - 1) * tap_sums[o, tap]
+                out[n, oh, ow, o] = np.float32(dot) * multiplier[o] * scale + offset[o]
+    return out
+
+
+def same_padding(size, kernel, stride, dilation):
+    """TensorFlow's "same" padding before the first element, and the output size."""
+    extent = (kernel - 1) * dilation + 1
+    out = -(-size // stride)
+    total = max((out - 1) * stride + extent - size, 0)
+    return total // 2, out
+
+
+def output_geometry(height, width, kernel, strides, dilation, padding):
+    """``(pad_top, pad_left, out_h, out_w)`` for "same" or "valid" padding."""
+    if padding == "same":
+        pad_top, out_h = same_padding(height, kernel[0], strides[0], dilation[0])
+        pad_left, out_w = same_padding(width, kernel[1], strides[1], dilation[1])
+        return pad_top, pad_left, out_h, out_w
+    extents = [(k - 1) * d + 1 for k, d in zip(kernel, dilation)]
+    out_h = (height - extents[0]) // strides[0] + 1
+    out_w = (width - extents[1]) // strides[1] + 1
+    if out_h < 1 or out_w < 1:
+        raise ValueError(
+            f"a {kernel[0]}×{kernel[1]} 'valid' convolution needs an input of at least "
+            f"{extents[0]}×{extents[1]}. Received: {height}×{width}"
+        )
+    return 0, 0, out_h, out_w
+
+
+def binary_conv2d(
+    x_packed,
+    channels,
+    w_packed,
+    tap_sums,
+    kernel_size,
+    *,
+    strides=(1, 1),
+    dilation_rate=(1, 1),
+    padding="valid",
+    pad_value=0,
+    multiplier=None,
+    offset=None,
+    scale_map=None,
+):
+    """Binary convolution of packed inputs with packed weights, plus the epilogue.
+
+    ``x_packed``: ``(N, H, W, ceil(C/64))`` from :func:`pack_channels`;
+    ``w_packed``/``tap_sums`` from :func:`pack_weights`. Returns float32
+    ``(N, H', W', O)``: ``dot · multiplier[o] · scale_map[n, h, w] + offset[o]``,
+    where ``dot`` is the exact ±1 convolution (with ``multiplier=1``,
+    ``offset=0`` and no scale map the integers themselves).
+    """
+    batch, height, width, _ = x_packed.shape
+    outputs = w_packed.shape[0]
+    pad_top, pad_left, out_h, out_w = output_geometry(
+        height, width, kernel_size, strides, dilation_rate, padding
+    )
+    multiplier = np.ones(outputs, np.float32) if multiplier is None else multiplier
+    offset = np.zeros(outputs, np.float32) if offset is None else offset
+    use_scale_map = scale_map is not None
+    if scale_map is None:
+        scale_map = np.ones((1, 1, 1), np.float32)
+    return _binary_conv2d(
+        x_packed,
+        channels,
+        w_packed,
+        tap_sums,
+        kernel_size[0],
+        kernel_size[1],
+        strides[0],
+        strides[1],
+        dilation_rate[0],
+        dilation_rate[1],
+        pad_top,
+        pad_left,
+        out_h,
+        out_w,
+        int(pad_value),
+        np.ascontiguousarray(multiplier, np.float32),
+        np.ascontiguousarray(offset, np.float32),
+        np.ascontiguousarray(scale_map, np.float32),
+        use_scale_map,
+    )
+
+
+@numba.njit(parallel=True, **_JIT)
+def _box_mean(
+    channel_mean, kernel_h, kernel_w, stride_h, stride_w, dil_h, dil_w, top, left, out_h, out_w
+):
+    batch, height, width = channel_mean.shape
+    out = np.zeros((batch, out_h, out_w), np.float32)
+    inverse = np.float32(1.0 / (kernel_h * kernel_w))
+    for row in prange(batch * out_h):
+        n = row // out_h
+        oh = row % out_h
+        for ow in range(out_w):
+            total = np.float32(0.0)
+            for kh in range(kernel_h):
+                ih = oh * stride_h - top + kh * dil_h
+                if ih < 0 or ih >= height:
+                    continue
+                for kw in range(kernel_w):
+                    iw = ow * stride_w - left + kw * dil_w
+                    if 0 <= iw < width:
+                        total += channel_mean[n, ih, iw]
+            out[n, oh, ow] = total * inverse
+    return out
+
+
+def input_scaling_map(x, kernel_size, *, strides=(1, 1), dilation_rate=(1, 1), padding="valid"):
+    """XNOR-Net's K (SPEC.md §3) as ``(N, H', W')``: box mean of ``mean_c |x|``."""
+    _, height, width, _ = x.shape
+    top, left, out_h, out_w = output_geometry(
+        height, width, kernel_size, strides, dilation_rate, padding
+    )
+    channel_mean = np.abs(x).mean(axis=-1, dtype=np.float32)
+    return _box_mean(
+        np.ascontiguousarray(channel_mean),
+        kernel_size[0],
+        kernel_size[1],
+        strides[0],
+        strides[1],
+        dilation_rate[0],
+        dilation_rate[1],
+        top,
+        left,
+        out_h,
+        out_w,
+    )
+
+
+@numba.njit(parallel=True, **_JIT)
+def _max_pool(x, pool_h, pool_w, stride_h, stride_w, top, left, out_h, out_w):
+    batch, height, width, channels = x.shape
+    out = np.empty((batch, out_h, out_w, channels), np.float32)
+    for row in prange(batch * out_h):
+        n = row // out_h
+        oh = row % out_h
+        for ow in range(out_w):
+            for c in range(channels):
+                out[n, oh, ow, c] = -np.inf
+            for kh in range(pool_h):
+                ih = oh * stride_h - top + kh
+                if ih < 0 or ih >= height:
+                    continue
+                for kw in range(pool_w):
+                    iw = ow * stride_w - left + kw
+                    if iw < 0 or iw >= width:
+                        continue
+                    for c in range(channels):
+                        value = x[n, ih, iw, c]
+                        if value > out[n, oh, ow, c]:
+                            out[n, oh, ow, c] = value
+    return out
+
+
+def max_pool2d(x, pool_size, strides, padding):
+    """Max pooling as Keras computes it ("same" padding never picks the pad)."""
+    _, height, width, _ = x.shape
+    top, left, out_h, out_w = output_geometry(height, width, pool_size, strides, (1, 1), padding)
+    return _max_pool(
+        np.ascontiguousarray(x, np.float32),
+        pool_size[0],
+        pool_size[1],
+        strides[0],
+        strides[1],
+        top,
+        left,
+        out_h,
+        out_w,
+    )

@@ -1,0 +1,486 @@
+"""Fast CPU inference for trained binary models: bitpacked XNOR-popcount.
+
+``compile(model)`` turns a Keras model built from xnor_larq's layers (or
+Larq's binary ``QuantConv2D``/``QuantDense``) into a :class:`CompiledModel`
+whose binary layers run as compiled xor + popcount kernels
+(:mod:`xnor_larq.bitpack`, numba, multithreaded), with weights packed 64 to a
+word. α, K, bias and a directly following BatchNormalization are folded into
+one float epilogue; the float layers (first/last layers, BN, pooling,
+activations) run in numpy or TensorFlow::
+
+    fast = xnor_larq.inference.compile(model)
+    probabilities = fast.predict(images)      # == model.predict(images)
+
+A layer is compiled as binary when its input quantizer is a sign (±1 at
+inference, ``sign(0) = +1``) and its kernel quantizer gives ``±α`` per output
+channel (``ste_sign``, ``scaled_sign``, ``magnitude_aware_sign``, ...).
+Quantized layers that are only half binary, or binary layers in a form the
+kernels do not cover, raise :class:`UnsupportedLayerError`; pass
+``fallback=True`` to run those with TensorFlow instead.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import larq as lq
+import numpy as np
+import tensorflow as tf
+
+from .export import UnsupportedLayerError
+from .layers import ScaledQuantConv2D, ScaledQuantDense
+from .normalization import ShiftBatchNormalization
+from .power_of_two import ap2
+
+__all__ = ["CompiledModel", "UnsupportedLayerError", "compile"]
+
+
+def _bitpack():
+    from . import bitpack  # imported late: it needs the optional numba
+
+    return bitpack
+
+
+# ---------------------------------------------------------------- inspection
+
+
+def _is_sign_quantizer(quantizer) -> bool:
+    """True if ``quantizer`` maps x to +1 for x >= 0 and -1 below, at inference."""
+    if quantizer is None:
+        return False
+    probe = tf.constant([-3.0, -1.0, -0.25, -1e-6, 0.0, 1e-6, 0.25, 1.0, 3.0])
+    try:
+        values = quantizer(probe, training=False)
+    except TypeError:
+        values = quantizer(probe)
+    return np.array_equal(np.asarray(values), np.where(probe.numpy() >= 0, 1.0, -1.0))
+
+
+def _binary_kernel(layer):
+    """``(signs, alpha)`` of a layer's quantized kernel, or None if not ±α."""
+    if layer.kernel_quantizer is None:
+        return None
+    latent = tf.constant(np.asarray(getattr(layer.kernel, "latent_variable", layer.kernel)))
+    kernel = np.asarray(layer.kernel_quantizer(latent), np.float32)
+    magnitude = np.abs(kernel)
+    alpha = magnitude.reshape(-1, kernel.shape[-1]).max(axis=0)
+    if not np.allclose(magnitude, alpha, rtol=1e-6, atol=0):
+        return None
+    return np.where(kernel < 0, -1.0, 1.0).astype(np.float32), alpha
+
+
+def _is_quantized(layer) -> bool:
+    return isinstance(layer, (lq.layers.QuantConv2D, lq.layers.QuantDense)) or hasattr(
+        layer, "input_quantizer"
+    )
+
+
+def _batch_norm_affine(layer):
+    """Per-channel ``(scale, shift)`` of an inference-mode BN, or None."""
+    if isinstance(layer, tf.keras.layers.BatchNormalization):
+        axis = layer.axis if isinstance(layer.axis, int) else list(layer.axis)
+        if axis not in (-1, [-1], [len(layer.input_shape) - 1]):
+            return None
+        variance = np.asarray(layer.moving_variance)
+        scale = 1.0 / np.sqrt(variance + layer.epsilon)
+        if layer.scale:
+            scale = scale * np.asarray(layer.gamma)
+        shift = -np.asarray(layer.moving_mean) * scale
+        if layer.center:
+            shift = shift + np.asarray(layer.beta)
+        return scale.astype(np.float32), shift.astype(np.float32)
+    if isinstance(layer, ShiftBatchNormalization):
+        if layer.axis not in (-1, len(layer.input_shape) - 1):
+            return None
+        variance = tf.cast(layer.moving_variance, tf.float32)
+        scale = ap2(tf.math.rsqrt(variance + layer.epsilon)).numpy()
+        if layer.scale:
+            scale = scale * ap2(layer.gamma).numpy()
+        shift = -np.asarray(layer.moving_mean) * scale
+        if layer.center:
+            shift = shift + np.asarray(layer.beta)
+        return scale.astype(np.float32), shift.astype(np.float32)
+    return None
+
+
+# ---------------------------------------------------------------- operations
+
+
+@dataclass
+class BinaryLayer:
+    """One compiled binary layer: packed weights and its float epilogue."""
+
+    name: str
+    kind: str  # "conv" or "dense"
+    channels: int
+    packed: np.ndarray
+    tap_sums: np.ndarray
+    kernel_size: tuple
+    strides: tuple
+    dilation_rate: tuple
+    padding: str
+    pad_value: int
+    multiplier: np.ndarray
+    offset: np.ndarray
+    input_scaling: bool
+    activation: object = None
+    folded: list = field(default_factory=list)  # names of folded BN layers
+    float32_bytes: int = 0
+
+    @property
+    def packed_bytes(self) -> int:
+        return self.packed.nbytes
+
+    def __call__(self, x):
+        bitpack = _bitpack()
+        if self.kind == "dense":
+            x = x.reshape(x.shape[0], 1, 1, x.shape[-1])
+        scale_map = None
+        if self.input_scaling:
+            scale_map = bitpack.input_scaling_map(
+                x,
+                self.kernel_size,
+                strides=self.strides,
+                dilation_rate=self.dilation_rate,
+                padding=self.padding,
+            )
+        out = bitpack.binary_conv2d(
+            bitpack.pack_channels(x),
+            self.channels,
+            self.packed,
+            self.tap_sums,
+            self.kernel_size,
+            strides=self.strides,
+            dilation_rate=self.dilation_rate,
+            padding=self.padding,
+            pad_value=self.pad_value,
+            multiplier=self.multiplier,
+            offset=self.offset,
+            scale_map=scale_map,
+        )
+        if self.activation is not None:
+            out = self.activation(tf.constant(out)).numpy()
+        if self.kind == "dense":
+            out = out.reshape(out.shape[0], -1)
+        return out
+
+
+def _unsupported(layer, why):
+    return UnsupportedLayerError(
+        f"Layer '{layer.name}' ({type(layer).__name__}) cannot be compiled: {why}. "
+        "Pass fallback=True to run such layers with TensorFlow, or use model.predict."
+    )
+
+
+def _compile_binary(layer) -> BinaryLayer | None:
+    """A :class:`BinaryLayer` for a binary layer; None for a float one; raises if half binary."""
+    if not _is_quantized(layer):
+        return None
+    binary_input = _is_sign_quantizer(layer.input_quantizer)
+    kernel = _binary_kernel(layer) if binary_input else None
+    if not binary_input:
+        if getattr(layer.input_quantizer, "precision", None) == 1:
+            raise _unsupported(layer, "its 1-bit input quantizer is not sign(x) at inference")
+        return None  # float inputs (e.g. BWN): TensorFlow computes it exactly
+    if kernel is None:
+        raise _unsupported(layer, "its inputs are binary but its kernel is not ±α per channel")
+    if not isinstance(layer, (lq.layers.QuantConv2D, lq.layers.QuantDense)):
+        raise _unsupported(layer, "only QuantConv2D and QuantDense layers are packed")
+    signs, alpha = kernel
+    bias = np.asarray(layer.bias) if layer.use_bias else np.zeros_like(alpha)
+    activation = layer.activation
+    if activation in (None, tf.keras.activations.linear):
+        activation = None
+    if isinstance(layer, lq.layers.QuantDense):
+        if len(layer.input_shape) != 2:
+            raise _unsupported(layer, "binary dense layers need (batch, features) inputs")
+        kind, signs = "dense", signs[None, None]
+        geometry = dict(
+            kernel_size=(1, 1), strides=(1, 1), dilation_rate=(1, 1), padding="valid", pad_value=0
+        )
+        scaled = isinstance(layer, ScaledQuantDense) and layer.input_scaling
+    else:
+        if layer.data_format != "channels_last" or getattr(layer, "groups", 1) != 1:
+            raise _unsupported(layer, "only channels_last, groups=1 convolutions are packed")
+        pad_value = float(layer.pad_values)
+        if layer.padding == "same" and pad_value not in (0.0, 1.0, -1.0):
+            raise _unsupported(layer, f"pad_values={pad_value} is not 0 or ±1")
+        if layer.padding not in ("same", "valid"):
+            raise _unsupported(layer, f"padding={layer.padding!r} is not 'same' or 'valid'")
+        kind = "conv"
+        geometry = dict(
+            kernel_size=tuple(layer.kernel_size),
+            strides=tuple(layer.strides),
+            dilation_rate=tuple(layer.dilation_rate),
+            padding=layer.padding,
+            pad_value=int(pad_value) if layer.padding == "same" else 0,
+        )
+        scaled = isinstance(layer, ScaledQuantConv2D) and layer.input_scaling
+    packed, tap_sums = _bitpack().pack_weights(signs)
+    return BinaryLayer(
+        name=layer.name,
+        kind=kind,
+        channels=signs.shape[2],
+        packed=packed,
+        tap_sums=tap_sums,
+        multiplier=alpha.astype(np.float32),
+        offset=bias.astype(np.float32),
+        input_scaling=scaled,
+        activation=activation,
+        float32_bytes=signs.size * 4,
+        **geometry,
+    )
+
+
+def _fold(binary: BinaryLayer, bn_layer) -> bool:
+    """Fold a BN that directly follows ``binary`` into its epilogue, if it is affine."""
+    affine = _batch_norm_affine(bn_layer)
+    if affine is None or binary.activation is not None:
+        return False
+    scale, shift = affine
+    binary.multiplier = (binary.multiplier * scale).astype(np.float32)
+    binary.offset = (binary.offset * scale + shift).astype(np.float32)
+    binary.folded.append(bn_layer.name)
+    return True
+
+
+def _float_op(layer, fallback):
+    """A numpy/TensorFlow function computing a float layer at inference."""
+    affine = _batch_norm_affine(layer)
+    if affine is not None:
+        scale, shift = affine
+        return lambda x: x * scale + shift
+    if isinstance(layer, tf.keras.layers.MaxPool2D) and layer.data_format == "channels_last":
+        pool, strides, padding = layer.pool_size, layer.strides, layer.padding
+        return lambda x: _bitpack().max_pool2d(x, pool, strides, padding)
+    if isinstance(layer, (tf.keras.layers.Flatten, tf.keras.layers.Dropout)):
+        if isinstance(layer, tf.keras.layers.Dropout):
+            return lambda x: x
+        return lambda x: x.reshape(x.shape[0], -1)
+    if type(layer) is tf.keras.layers.GlobalAveragePooling2D and not layer.keepdims:
+        if layer.data_format == "channels_last":
+            return lambda x: x.mean(axis=(1, 2), dtype=np.float32)
+    if type(layer) is tf.keras.layers.Add:
+        return lambda *xs: np.sum(xs, axis=0, dtype=np.float32)
+    if type(layer) is tf.keras.layers.Concatenate:
+        axis = layer.axis
+        return lambda *xs: np.concatenate(xs, axis=axis)
+    if type(layer) is tf.keras.layers.Dense:
+        return _dense_op(layer)
+    if type(layer) is tf.keras.layers.Conv2D:
+        return _conv_op(layer)
+    if _is_quantized(layer) or _is_stateless(layer) or fallback:
+        # Float-input quantized layers (BWN) and plain Keras layers: TensorFlow.
+        return lambda *xs: _as_numpy(layer(xs[0] if len(xs) == 1 else list(xs), training=False))
+    raise _unsupported(layer, "it is not a layer the compiler knows")
+
+
+def _is_stateless(layer):
+    return isinstance(
+        layer,
+        (
+            tf.keras.layers.Activation,
+            tf.keras.layers.ReLU,
+            tf.keras.layers.Softmax,
+            tf.keras.layers.Reshape,
+            tf.keras.layers.AveragePooling2D,
+            tf.keras.layers.GlobalMaxPooling2D,
+            tf.keras.layers.GlobalAveragePooling2D,
+            tf.keras.layers.ZeroPadding2D,
+            tf.keras.layers.Rescaling,
+        ),
+    )
+
+
+def _as_numpy(value):
+    return np.asarray(value, np.float32)
+
+
+def _dense_op(layer):
+    kernel = np.asarray(layer.kernel, np.float32)
+    bias = np.asarray(layer.bias, np.float32) if layer.use_bias else None
+    activation = layer.activation
+
+    def run(x):
+        out = x @ kernel
+        if bias is not None:
+            out = out + bias
+        if activation not in (None, tf.keras.activations.linear):
+            out = _as_numpy(activation(tf.constant(out)))
+        return out
+
+    return run
+
+
+def _conv_op(layer):
+    kernel = tf.constant(layer.kernel)
+    bias = tf.constant(layer.bias) if layer.use_bias else None
+    strides, dilations = list(layer.strides), list(layer.dilation_rate)
+    padding, activation = layer.padding.upper(), layer.activation
+
+    def run(x):
+        out = tf.nn.conv2d(x, kernel, strides, padding, dilations=dilations)
+        if bias is not None:
+            out = tf.nn.bias_add(out, bias)
+        if activation not in (None, tf.keras.activations.linear):
+            out = activation(out)
+        return _as_numpy(out)
+
+    if layer.data_format != "channels_last" or getattr(layer, "groups", 1) != 1:
+        return lambda x: _as_numpy(layer(x, training=False))
+    return run
+
+
+# ---------------------------------------------------------------- the graph
+
+
+@dataclass
+class _Step:
+    name: str
+    inputs: list
+    output: int
+    run: object
+
+
+def _tensor_ids(tensors):
+    return [id(t) for t in tf.nest.flatten(tensors)]
+
+
+def _consumers(model):
+    counts = {}
+    for layer in model.layers:
+        if isinstance(layer, tf.keras.layers.InputLayer):
+            continue
+        for tensor_id in _tensor_ids(layer.input):
+            counts.setdefault(tensor_id, []).append(layer)
+    return counts
+
+
+class CompiledModel:
+    """A Keras model's inference as bitpacked binary kernels plus float ops.
+
+    Call :meth:`predict` (or the object itself) on a numpy batch; outputs
+    match ``model.predict``: the binary parts exactly, the float epilogue to
+    float32 rounding.
+    """
+
+    def __init__(self, name, steps, input_ids, output_ids, binary_layers, fallback_layers):
+        self.name = name
+        self._steps = steps
+        self._input_ids = input_ids
+        self._output_ids = output_ids
+        self.binary_layers = binary_layers
+        self.fallback_layers = fallback_layers
+
+    @property
+    def steps(self) -> tuple:
+        """The operations in order: ``name``, ``inputs``/``output`` (ids of the
+        Keras tensors, ``id(layer.output)``) and ``run`` (arrays in, array out)."""
+        return tuple(self._steps)
+
+    @property
+    def packed_weight_bytes(self) -> int:
+        """Bytes of the packed binary weights (64 signs a word)."""
+        return sum(layer.packed_bytes for layer in self.binary_layers)
+
+    @property
+    def float32_weight_bytes(self) -> int:
+        """Bytes the same binary weights take as float32."""
+        return sum(layer.float32_bytes for layer in self.binary_layers)
+
+    def predict(self, x, batch_size: int | None = None):
+        """Outputs for a batch (a numpy array, or a list for multi-input models)."""
+        inputs = [np.asarray(v, np.float32) for v in (x if isinstance(x, list) else [x])]
+        if len(inputs) != len(self._input_ids):
+            raise ValueError(
+                f"model '{self.name}' takes {len(self._input_ids)} inputs. Received: {len(inputs)}"
+            )
+        total = inputs[0].shape[0]
+        batch_size = batch_size or total
+        chunks = [
+            self._run([v[start : start + batch_size] for v in inputs])
+            for start in range(0, total, batch_size)
+        ]
+        outputs = [np.concatenate(parts) for parts in zip(*chunks)]
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    __call__ = predict
+
+    def _run(self, inputs):
+        values = dict(zip(self._input_ids, inputs))
+        for step in self._steps:
+            values[step.output] = step.run(*(values[i] for i in step.inputs))
+        return [values[i] for i in self._output_ids]
+
+    def summary(self) -> str:
+        lines = [f"CompiledModel '{self.name}': {len(self.binary_layers)} bitpacked layers"]
+        for layer in self.binary_layers:
+            folded = f", folded {', '.join(layer.folded)}" if layer.folded else ""
+            lines.append(
+                f"  {layer.name}: {layer.kind} {layer.channels}→{layer.packed.shape[0]}, "
+                f"{layer.packed_bytes} B packed (float32 {layer.float32_bytes} B)"
+                f"{', K' if layer.input_scaling else ''}{folded}"
+            )
+        if self.fallback_layers:
+            lines.append(f"  run by TensorFlow (fallback): {', '.join(self.fallback_layers)}")
+        ratio = self.float32_weight_bytes / max(self.packed_weight_bytes, 1)
+        lines.append(f"  binary weights {ratio:.1f}x smaller than float32")
+        return "\n".join(lines)
+
+
+def compile(
+    model: tf.keras.Model, *, fallback: bool = False, threads: int | None = None
+) -> CompiledModel:
+    """Compile a trained Keras model for fast CPU inference (see the module doc).
+
+    Arguments:
+        model: a functional or Sequential Keras model (not nested, no shared layers).
+        fallback: run layers that cannot be packed with TensorFlow instead of
+            raising :class:`UnsupportedLayerError`.
+        threads: numba threads for the binary kernels (default: all cores).
+    """
+    if not isinstance(model, tf.keras.Model) or not model.built:
+        raise ValueError(f"`model` must be a built Keras model. Received: {model!r}")
+    if threads is not None:
+        import numba
+
+        numba.set_num_threads(threads)
+    consumers = _consumers(model)
+    output_ids = _tensor_ids(model.outputs)
+    steps, binary_layers, fallback_layers, skipped = [], [], [], set()
+    for layer in model.layers:
+        if isinstance(layer, tf.keras.layers.InputLayer) or layer.name in skipped:
+            continue
+        if isinstance(layer, tf.keras.Model):
+            raise _unsupported(layer, "nested models are not supported; build the model flat")
+        if len(layer._inbound_nodes) != 1:
+            raise _unsupported(layer, "it is shared (called more than once)")
+        try:
+            binary = _compile_binary(layer)
+        except UnsupportedLayerError:
+            if not fallback:
+                raise
+            binary = None
+            fallback_layers.append(layer.name)
+        output_id = id(layer.output)
+        if binary is not None:
+            following = consumers.get(output_id, [])
+            if len(following) == 1 and output_id not in output_ids and _fold(binary, following[0]):
+                skipped.add(following[0].name)
+                output_id = id(following[0].output)
+            binary_layers.append(binary)
+            run = binary
+        else:
+            run = _float_op(layer, fallback)
+        steps.append(_Step(layer.name, _tensor_ids(layer.input), output_id, run))
+    return CompiledModel(
+        model.name, steps, _tensor_ids(model.inputs), output_ids, binary_layers, fallback_layers
+    )
+
+
+def warm_up(compiled: CompiledModel, input_shape) -> float:
+    """Run one zero batch (JIT compilation on first use); returns seconds taken."""
+    start = time.perf_counter()
+    compiled.predict(np.zeros((1, *input_shape), np.float32))
+    return time.perf_counter() - start
