@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest "$@"
+# Tests run in up to 4 processes (pytest-xdist); pass -n 0 to run in one.
+exec .venv/bin/python -m pytest -n auto --maxprocesses=4 "$@"
