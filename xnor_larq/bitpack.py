@@ -336,3 +336,50 @@ def max_pool2d(x, pool_size, strides, padding):
         out_h,
         out_w,
     )
+
+
+@numba.njit(parallel=True, **_JIT)
+def _im2col(x, kernel_h, kernel_w, stride_h, stride_w, dil_h, dil_w, top, left, out_h, out_w):
+    batch, height, width, channels = x.shape
+    columns = np.zeros((batch * out_h * out_w, kernel_h * kernel_w * channels), np.float32)
+    for row in prange(batch * out_h):
+        n = row // out_h
+        oh = row % out_h
+        for ow in range(out_w):
+            target = row * out_w + ow
+            for kh in range(kernel_h):
+                ih = oh * stride_h - top + kh * dil_h
+                if ih < 0 or ih >= height:
+                    continue
+                for kw in range(kernel_w):
+                    iw = ow * stride_w - left + kw * dil_w
+                    if iw < 0 or iw >= width:
+                        continue
+                    start = (kh * kernel_w + kw) * channels
+                    for c in range(channels):
+                        columns[target, start + c] = x[n, ih, iw, c]
+    return columns
+
+
+def float_conv2d(x, kernel, *, strides=(1, 1), dilation_rate=(1, 1), padding="valid"):
+    """A float convolution as im2col (compiled) + one BLAS matrix product."""
+    batch, height, width, _ = x.shape
+    kernel_h, kernel_w, _, outputs = kernel.shape
+    top, left, out_h, out_w = output_geometry(
+        height, width, (kernel_h, kernel_w), strides, dilation_rate, padding
+    )
+    columns = _im2col(
+        np.ascontiguousarray(x, np.float32),
+        kernel_h,
+        kernel_w,
+        strides[0],
+        strides[1],
+        dilation_rate[0],
+        dilation_rate[1],
+        top,
+        left,
+        out_h,
+        out_w,
+    )
+    out = columns @ kernel.reshape(-1, outputs)
+    return out.reshape(batch, out_h, out_w, outputs)

@@ -266,6 +266,8 @@ def _float_op(layer, fallback):
     if type(layer) is tf.keras.layers.Concatenate:
         axis = layer.axis
         return lambda *xs: np.concatenate(xs, axis=axis)
+    if type(layer) is tf.keras.layers.Activation:
+        return _activation_op(layer.activation)
     if type(layer) is tf.keras.layers.Dense:
         return _dense_op(layer)
     if type(layer) is tf.keras.layers.Conv2D:
@@ -300,36 +302,60 @@ def _as_numpy(value):
 def _dense_op(layer):
     kernel = np.asarray(layer.kernel, np.float32)
     bias = np.asarray(layer.bias, np.float32) if layer.use_bias else None
-    activation = layer.activation
+    activation = _activation_op(layer.activation)
 
     def run(x):
         out = x @ kernel
         if bias is not None:
             out = out + bias
-        if activation not in (None, tf.keras.activations.linear):
-            out = _as_numpy(activation(tf.constant(out)))
-        return out
+        return activation(out)
 
     return run
 
 
 def _conv_op(layer):
-    kernel = tf.constant(layer.kernel)
-    bias = tf.constant(layer.bias) if layer.use_bias else None
-    strides, dilations = list(layer.strides), list(layer.dilation_rate)
-    padding, activation = layer.padding.upper(), layer.activation
-
-    def run(x):
-        out = tf.nn.conv2d(x, kernel, strides, padding, dilations=dilations)
-        if bias is not None:
-            out = tf.nn.bias_add(out, bias)
-        if activation not in (None, tf.keras.activations.linear):
-            out = activation(out)
-        return _as_numpy(out)
-
     if layer.data_format != "channels_last" or getattr(layer, "groups", 1) != 1:
         return lambda x: _as_numpy(layer(x, training=False))
+    kernel = np.asarray(layer.kernel, np.float32)
+    bias = np.asarray(layer.bias, np.float32) if layer.use_bias else None
+    geometry = dict(
+        strides=tuple(layer.strides),
+        dilation_rate=tuple(layer.dilation_rate),
+        padding=layer.padding,
+    )
+    activation = _activation_op(layer.activation)
+
+    def run(x):
+        out = _bitpack().float_conv2d(x, kernel, **geometry)
+        if bias is not None:
+            out = out + bias
+        return activation(out)
+
     return run
+
+
+def _softmax(x):
+    shifted = np.exp(x - x.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+#: Activations computed in numpy (others go through TensorFlow).
+_NUMPY_ACTIVATIONS = {
+    "linear": lambda x: x,
+    "relu": lambda x: np.maximum(x, 0, dtype=np.float32),
+    "softmax": _softmax,
+    "tanh": np.tanh,
+    "sigmoid": lambda x: (1 / (1 + np.exp(-x))).astype(np.float32),
+}
+
+
+def _activation_op(activation):
+    if activation is None:
+        return _NUMPY_ACTIVATIONS["linear"]
+    name = getattr(activation, "__name__", None)
+    if name in _NUMPY_ACTIVATIONS:
+        return _NUMPY_ACTIVATIONS[name]
+    return lambda x: _as_numpy(activation(tf.constant(x)))
 
 
 # ---------------------------------------------------------------- the graph

@@ -1,0 +1,166 @@
+"""CPU inference speed: our bitpacked path against TF float, float TFLite and LCE.
+
+For one binary 3×3 conv layer at a CIFAR-like (32×32×128→128) and an
+ImageNet-like (14×14×256→256) shape, and for whole models (small CNN,
+BinaryNet VGG), measured interleaved in one process:
+
+- ``compiled``: :func:`xnor_larq.inference.compile` of the XNOR model;
+- ``tf_float``: the float twin in TensorFlow (a ``tf.function`` call);
+- ``tflite_float``: the float twin converted to TFLite;
+- ``lce``: the XNOR model converted with Larq Compute Engine, on its x86
+  interpreter (one image at a time, as LCE runs).
+
+Latency per image at batch 1 and throughput at batch 64, with ratios of each
+to ``compiled``::
+
+    python -m xnor_larq.benchmarks.inference --json docs/results/inference.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+#: name → (input shape, builder of the float and xnor Keras models)
+LAYERS = {"conv_32x32x128": ((32, 32, 128), 128), "conv_14x14x256": ((14, 14, 256), 256)}
+MODELS = {"small_cnn": (28, 28, 1), "binarynet_vgg": (32, 32, 3)}
+METHODS = ("compiled", "tf_float", "tflite_float", "lce")
+
+
+def _layer_models(input_shape, filters):
+    import tensorflow as tf
+
+    from xnor_larq import ScaledQuantConv2D
+
+    def single(layer):
+        inputs = tf.keras.Input(input_shape)
+        return tf.keras.Model(inputs, layer(inputs))
+
+    float_model = single(tf.keras.layers.Conv2D(filters, 3, padding="same", use_bias=False))
+    xnor_model = single(ScaledQuantConv2D(filters, 3, padding="same", use_bias=False))
+    return float_model, xnor_model
+
+
+def _whole_models(name):
+    from xnor_larq.models import get_builder
+
+    builder = get_builder(name)
+    shape = MODELS[name]
+    return (
+        builder(mode="fp", input_shape=shape, num_classes=10),
+        builder(mode="xnor", input_shape=shape, num_classes=10),
+    )
+
+
+def _runners(float_model, xnor_model, batch_size, threads):
+    """name → function running one batch of ``batch_size`` images."""
+    import larq_compute_engine as lce
+    import numpy as np
+    import tensorflow as tf
+
+    from xnor_larq import inference
+
+    shape = float_model.input_shape[1:]
+    x = np.random.default_rng(0).uniform(-1, 1, (batch_size, *shape)).astype(np.float32)
+    compiled = inference.compile(xnor_model, threads=threads)
+    float_call = tf.function(lambda batch: float_model(batch, training=False))
+    tflite = tf.lite.Interpreter(
+        model_content=tf.lite.TFLiteConverter.from_keras_model(float_model).convert(),
+        num_threads=threads,
+    )
+    tflite.resize_tensor_input(tflite.get_input_details()[0]["index"], x.shape)
+    tflite.allocate_tensors()
+    lce_interpreter = lce.testing.Interpreter(
+        lce.convert_keras_model(xnor_model), num_threads=threads
+    )
+    x_tf = tf.constant(x)
+
+    def run_tflite():
+        tflite.set_tensor(tflite.get_input_details()[0]["index"], x)
+        tflite.invoke()
+        return tflite.get_tensor(tflite.get_output_details()[0]["index"])
+
+    return {
+        "compiled": lambda: compiled.predict(x),
+        "tf_float": lambda: float_call(x_tf).numpy(),
+        "tflite_float": run_tflite,
+        "lce": lambda: lce_interpreter.predict(x),
+    }
+
+
+def _measure(runners, repeats):
+    for run in runners.values():  # warm up: tracing, JIT, allocation
+        run()
+        run()
+    times = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def measure(kind, name, float_model, xnor_model, *, repeats, large_batch, threads):
+    rows = []
+    for batch_size in (1, large_batch):
+        seconds = _measure(_runners(float_model, xnor_model, batch_size, threads), repeats)
+        row = {"kind": kind, "name": name, "batch_size": batch_size}
+        if batch_size == 1:
+            row["latency_ms"] = {m: s * 1e3 for m, s in seconds.items()}
+        else:
+            row["images_per_s"] = {m: batch_size / s for m, s in seconds.items()}
+        row["speedup_of_compiled"] = {m: s / seconds["compiled"] for m, s in seconds.items()}
+        rows.append(row)
+    return rows
+
+
+def format_rows(rows) -> str:
+    lines = []
+    for r in rows:
+        values = r.get("latency_ms") or r["images_per_s"]
+        unit = "ms/image" if "latency_ms" in r else "images/s"
+        parts = ", ".join(
+            f"{m} {values[m]:,.2f} (compiled x{r['speedup_of_compiled'][m]:.1f})" for m in values
+        )
+        lines.append(f"{r['kind']} {r['name']} batch {r['batch_size']} [{unit}]: {parts}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", nargs="*", choices=list(LAYERS), default=list(LAYERS))
+    parser.add_argument("--models", nargs="*", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--batch-size", type=int, default=64, help="the throughput batch")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--json", help="write the results to this JSON file")
+    args = parser.parse_args(argv)
+
+    options = dict(repeats=args.repeats, large_batch=args.batch_size, threads=args.threads)
+    rows = []
+    for name in args.layers:
+        shape, filters = LAYERS[name]
+        rows += measure("layer", name, *_layer_models(shape, filters), **options)
+        print(format_rows(rows[-2:]), flush=True)
+    for name in args.models:
+        rows += measure("model", name, *_whole_models(name), **options)
+        print(format_rows(rows[-2:]), flush=True)
+    from xnor_larq.benchmarks._common import finish
+
+    return finish(
+        "inference",
+        "xnor_larq.benchmarks.inference",
+        argv,
+        args.json,
+        settings={"threads": args.threads, "repeats": args.repeats, "batch_size": args.batch_size},
+        rows=rows,
+    )
+
+
+if __name__ == "__main__":
+    import xnor_larq  # noqa: F401
+
+    main()
