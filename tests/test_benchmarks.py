@@ -109,3 +109,24 @@ def test_bench_entry_point_writes_json_and_the_document(tmp_path, capsys):
     (results / "accuracy.json").write_text(json.dumps(accuracy))
     assert cli.main([*common, "report"]) == 0
     assert "| full precision | 12.35% |" in doc.read_text()
+
+
+def test_inference_bench_writes_json_and_its_table(tmp_path):
+    from xnor_larq import cli
+
+    results, doc = tmp_path / "results", tmp_path / "RESULTS.md"
+    arguments = ["bench", "--results-dir", str(results), "--doc", str(doc), "inference"]
+    options = ["--layers", "conv_14x14x256", "--models", "small_cnn"]
+    assert cli.main([*arguments, *options, "--batch-size", "2", "--repeats", "1"]) == 0
+    fast = json.loads((results / "inference.json").read_text())
+    assert [(r["name"], r["batch_size"]) for r in fast["rows"]] == [
+        ("conv_14x14x256", 1),
+        ("conv_14x14x256", 2),
+        ("small_cnn", 1),
+        ("small_cnn", 2),
+    ]
+    for r in fast["rows"]:
+        assert set(r["speedup_of_compiled"]) == {"compiled", "tf_float", "tflite_float", "lce"}
+        assert r["speedup_of_compiled"]["compiled"] == 1.0
+    latency = fast["rows"][0]["latency_ms"]["compiled"]
+    assert f"| layer conv_14x14x256 | 1 | ms per image | {latency:,.2f} (×1.0) |" in doc.read_text()

@@ -154,7 +154,8 @@ def build_parser():
     bench.add_argument("--results-dir", default="docs/results")
     bench.add_argument("--doc", default="docs/RESULTS.md")
     bench.add_argument(
-        "suite", choices=["accuracy", "speed", "size", "shift-bnn", "report", "layer-speed"]
+        "suite",
+        choices=["accuracy", "speed", "size", "shift-bnn", "inference", "report", "layer-speed"],
     )
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
@@ -202,12 +203,19 @@ def _bench(args):
     from pathlib import Path
 
     from xnor_larq.benchmarks import accuracy, layer_speed, report, shift_bnn, size, speed
+    from xnor_larq.benchmarks import inference as inference_bench
 
     if args.suite == "layer-speed":
         layer_speed.main(args.rest)
         return
     if args.suite != "report":
-        suite = {"accuracy": accuracy, "speed": speed, "size": size, "shift-bnn": shift_bnn}
+        suite = {
+            "accuracy": accuracy,
+            "speed": speed,
+            "size": size,
+            "shift-bnn": shift_bnn,
+            "inference": inference_bench,
+        }
         path = Path(args.results_dir) / f"{args.suite.replace('-', '_')}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         suite[args.suite].main([*args.rest, "--json", str(path)])

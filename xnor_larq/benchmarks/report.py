@@ -2,7 +2,7 @@
 
 Every table and number in the document comes from the JSON files written by
 the benchmarks (``accuracy.json``, ``shift_bnn.json``, ``speed.json``,
-``size.json``) in the results folder; nothing is typed by hand::
+``size.json``, ``inference.json``) in the results folder; nothing is typed by hand::
 
     python -m xnor_larq.benchmarks.report --results-dir docs/results --doc docs/RESULTS.md
 """
@@ -106,11 +106,38 @@ def _plots(results_dir, accuracy, speed):
     return written
 
 
+def _inference_section(fast):
+    methods = list(fast["rows"][0]["speedup_of_compiled"])
+    out = [
+        "## CPU inference: bitpacked XNOR-popcount (`xnor_larq.inference`)",
+        "",
+        f"Machine: {_machine(fast)}; {fast['settings']['threads']} threads everywhere. "
+        "`compiled` is the XNOR model through `xnor_larq.inference.compile`; "
+        "`tf_float` and `tflite_float` its full-precision twin; `lce` the XNOR model "
+        "on Larq Compute Engine's x86 interpreter. Each cell: the figure, and in "
+        "brackets how many times faster `compiled` is.",
+        "",
+        f"Command: `{fast['command']}`",
+        "",
+        "| what | batch | unit | " + " | ".join(methods) + " |",
+        "|---|---|---|" + "---|" * len(methods),
+    ]
+    for r in fast["rows"]:
+        values = r.get("latency_ms") or r["images_per_s"]
+        unit = "ms per image" if "latency_ms" in r else "images/s"
+        cells = " | ".join(
+            f"{values[m]:,.2f} (×{r['speedup_of_compiled'][m]:.1f})" for m in methods
+        )
+        out.append(f"| {r['kind']} {r['name']} | {r['batch_size']} | {unit} | {cells} |")
+    return out + [""]
+
+
 def render(results_dir="docs/results", doc="docs/RESULTS.md"):
     """Write the results document from the JSON files; returns its text."""
     results_dir, doc = Path(results_dir), Path(doc)
     accuracy, shift = _load(results_dir, "accuracy"), _load(results_dir, "shift_bnn")
     speed, size = _load(results_dir, "speed"), _load(results_dir, "size")
+    fast = _load(results_dir, "inference")
     plots = _plots(results_dir, accuracy, speed)
     link = os.path.relpath(results_dir, doc.parent)
     out = [
@@ -212,6 +239,8 @@ def render(results_dir="docs/results", doc="docs/RESULTS.md"):
             "binarization brings no speed here; K's cost is the column to read.",
             "",
         ]
+    if fast:
+        out += _inference_section(fast)
     if size:
         out += [
             "## Size",
