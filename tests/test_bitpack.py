@@ -91,6 +91,9 @@ def test_packing_layout_and_size(rng):
     np.testing.assert_array_equal(bits, (x < 0).astype(np.uint8))
     tail = np.unpackbits(packed.view(np.uint8), axis=-1, bitorder="little")[:, 130:]
     assert not tail.any()  # the unused tail of the last word stays clear
+    again, abs_mean = bitpack.pack_channels(x, with_abs_mean=True)
+    np.testing.assert_array_equal(again, packed)
+    np.testing.assert_allclose(abs_mean, np.abs(x).mean(-1), rtol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -61,26 +61,38 @@ def _popcount(typingctx, value):
 
 
 @numba.njit(parallel=True, **_JIT)
-def _pack_rows(values, words):
-    # values: (rows, bits) float32 -> (rows, words) uint64, bit set where < 0.
+def _pack_rows(values, words, abs_means):
+    # values: (rows, bits) float32 -> (rows, words) uint64, bit set where < 0;
+    # abs_means[r] = mean |values[r]| (for K) in the same pass.
     rows, bits = values.shape
     packed = np.empty((rows, words), np.uint64)
     for r in prange(rows):
+        total = np.float32(0.0)
         for w in range(words):
             word = np.uint64(0)
             for i in range(min(64, bits - w * 64)):
-                if values[r, w * 64 + i] < 0:
-                    word |= np.uint64(1) << np.uint64(i)
+                value = values[r, w * 64 + i]
+                total += abs(value)
+                word |= np.uint64(value < 0) << np.uint64(i)
             packed[r, w] = word
+        abs_means[r] = total / bits
     return packed
 
 
-def pack_channels(x: np.ndarray) -> np.ndarray:
-    """Pack the last axis of a float array: ``(..., C)`` → ``(..., ceil(C/64))`` uint64."""
+def pack_channels(x: np.ndarray, with_abs_mean: bool = False):
+    """Pack the last axis of a float array: ``(..., C)`` → ``(..., ceil(C/64))`` uint64.
+
+    With ``with_abs_mean`` also returns ``mean_c |x|`` (shape ``x.shape[:-1]``),
+    computed in the same pass (XNOR-Net's A, from which K is built).
+    """
     x = np.ascontiguousarray(x, np.float32)
     channels = x.shape[-1]
-    packed = _pack_rows(x.reshape(-1, channels), words_for(channels))
-    return packed.reshape(*x.shape[:-1], -1)
+    rows = x.reshape(-1, channels)
+    abs_means = np.empty(rows.shape[0], np.float32)
+    packed = _pack_rows(rows, words_for(channels), abs_means).reshape(*x.shape[:-1], -1)
+    if with_abs_mean:
+        return packed, abs_means.reshape(x.shape[:-1])
+    return packed
 
 
 def pack_weights(signs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +105,7 @@ def pack_weights(signs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     kernel_h, kernel_w, channels, outputs = signs.shape
     per_output = np.ascontiguousarray(np.transpose(signs, (3, 0, 1, 2)), np.float32)
     flat = per_output.reshape(outputs, kernel_h * kernel_w * channels)
-    packed = _pack_rows(flat, words_for(flat.shape[1]))
+    packed = _pack_rows(flat, words_for(flat.shape[1]), np.empty(outputs, np.float32))
     tap_sums = per_output.reshape(outputs, kernel_h * kernel_w, channels).sum(-1)
     return packed, tap_sums.astype(np.int32)
 
@@ -131,6 +143,8 @@ def _binary_conv2d(
         oh = row % out_h
         patch = np.empty(words, np.uint64)
         padded = np.empty(taps, np.bool_)
+        dots = np.empty(outputs, np.int64)
+        mismatch = np.empty(4, np.uint64)
         for ow in range(out_w):
             patch[:] = 0
             any_padded = False
@@ -154,11 +168,32 @@ def _binary_conv2d(
                         if shift != 0 and index + 1 < words:
                             patch[index + 1] |= value >> (np.uint64(64) - shift)
             scale = scale_map[n, oh, ow] if use_scale_map else np.float32(1.0)
-            for o in range(outputs):
-                mismatches = np.uint64(0)
+            # Four output channels per pass: each patch word is loaded once for four.
+            blocked = outputs - outputs % 4
+            for o in range(0, blocked, 4):
+                m0 = np.uint64(0)
+                m1 = np.uint64(0)
+                m2 = np.uint64(0)
+                m3 = np.uint64(0)
                 for k in range(words):
-                    mismatches += _popcount(patch[k] ^ w_packed[o, k])
-                dot = full_dot - 2 * np.int64(mismatches)
+                    value = patch[k]
+                    m0 += _popcount(value ^ w_packed[o, k])
+                    m1 += _popcount(value ^ w_packed[o + 1, k])
+                    m2 += _popcount(value ^ w_packed[o + 2, k])
+                    m3 += _popcount(value ^ w_packed[o + 3, k])
+                mismatch[0] = m0
+                mismatch[1] = m1
+                mismatch[2] = m2
+                mismatch[3] = m3
+                for b in range(4):
+                    dots[o + b] = full_dot - 2 * np.int64(mismatch[b])
+            for o in range(blocked, outputs):
+                m0 = np.uint64(0)
+                for k in range(words):
+                    m0 += _popcount(patch[k] ^ w_packed[o, k])
+                dots[o] = full_dot - 2 * np.int64(m0)
+            for o in range(outputs):
+                dot = dots[o]
                 if any_padded:
                     # Padded taps were gathered as +1 (contributing tap_sums);
                     # they should contribute pad_value · tap_sums.
@@ -274,13 +309,19 @@ def _box_mean(
     return out
 
 
-def input_scaling_map(x, kernel_size, *, strides=(1, 1), dilation_rate=(1, 1), padding="valid"):
-    """XNOR-Net's K (SPEC.md §3) as ``(N, H', W')``: box mean of ``mean_c |x|``."""
-    _, height, width, _ = x.shape
+def input_scaling_map(
+    x, kernel_size, *, strides=(1, 1), dilation_rate=(1, 1), padding="valid", channel_mean=None
+):
+    """XNOR-Net's K (SPEC.md §3) as ``(N, H', W')``: box mean of ``mean_c |x|``.
+
+    ``channel_mean`` (``mean_c |x|``, e.g. from :func:`pack_channels`) saves a pass.
+    """
+    height, width = x.shape[1:3]
     top, left, out_h, out_w = output_geometry(
         height, width, kernel_size, strides, dilation_rate, padding
     )
-    channel_mean = np.abs(x).mean(axis=-1, dtype=np.float32)
+    if channel_mean is None:
+        channel_mean = np.abs(x).mean(axis=-1, dtype=np.float32)
     return _box_mean(
         np.ascontiguousarray(channel_mean),
         kernel_size[0],

@@ -136,6 +136,7 @@ class BinaryLayer:
         bitpack = _bitpack()
         if self.kind == "dense":
             x = x.reshape(x.shape[0], 1, 1, x.shape[-1])
+        packed, channel_mean = bitpack.pack_channels(x, with_abs_mean=True)
         scale_map = None
         if self.input_scaling:
             scale_map = bitpack.input_scaling_map(
@@ -144,9 +145,10 @@ class BinaryLayer:
                 strides=self.strides,
                 dilation_rate=self.dilation_rate,
                 padding=self.padding,
+                channel_mean=channel_mean,
             )
         out = bitpack.binary_conv2d(
-            bitpack.pack_channels(x),
+            packed,
             self.channels,
             self.packed,
             self.tap_sums,
