@@ -117,7 +117,12 @@ def test_inference_bench_writes_json_and_its_table(tmp_path):
     results, doc = tmp_path / "results", tmp_path / "RESULTS.md"
     arguments = ["bench", "--results-dir", str(results), "--doc", str(doc), "inference"]
     options = ["--layers", "conv_14x14x256", "--models", "small_cnn"]
-    assert cli.main([*arguments, *options, "--batch-size", "2", "--repeats", "1"]) == 0
+    assert (
+        cli.main(
+            [*arguments, *options, "--batch-size", "2", "--repeats", "1", "--large-repeats", "1"]
+        )
+        == 0
+    )
     fast = json.loads((results / "inference.json").read_text())
     assert [(r["name"], r["batch_size"]) for r in fast["rows"]] == [
         ("conv_14x14x256", 1),

@@ -10,8 +10,8 @@ BinaryNet VGG), measured interleaved in one process:
 - ``lce``: the XNOR model converted with Larq Compute Engine, on its x86
   interpreter (one image at a time, as LCE runs).
 
-Latency per image at batch 1 and throughput at batch 64, with ratios of each
-to ``compiled``::
+Latency per image at batch 1 and throughput at batch 64 (medians of
+interleaved rounds), with how many times faster ``compiled`` is than each::
 
     python -m xnor_larq.benchmarks.inference --json docs/results/inference.json
 """
@@ -93,7 +93,6 @@ def _runners(float_model, xnor_model, batch_size, threads):
 def _measure(runners, repeats):
     for run in runners.values():  # warm up: tracing, JIT, allocation
         run()
-        run()
     times = {name: [] for name in runners}
     for _ in range(repeats):
         for name, run in runners.items():
@@ -103,10 +102,10 @@ def _measure(runners, repeats):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def measure(kind, name, float_model, xnor_model, *, repeats, large_batch, threads):
+def measure(kind, name, float_model, xnor_model, *, repeats, large_repeats, large_batch, threads):
     rows = []
-    for batch_size in (1, large_batch):
-        seconds = _measure(_runners(float_model, xnor_model, batch_size, threads), repeats)
+    for batch_size, rounds in ((1, repeats), (large_batch, large_repeats)):
+        seconds = _measure(_runners(float_model, xnor_model, batch_size, threads), rounds)
         row = {"kind": kind, "name": name, "batch_size": batch_size}
         if batch_size == 1:
             row["latency_ms"] = {m: s * 1e3 for m, s in seconds.items()}
@@ -134,12 +133,20 @@ def main(argv=None):
     parser.add_argument("--layers", nargs="*", choices=list(LAYERS), default=list(LAYERS))
     parser.add_argument("--models", nargs="*", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--batch-size", type=int, default=64, help="the throughput batch")
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=20, help="rounds at batch 1")
+    parser.add_argument(
+        "--large-repeats", type=int, default=3, help="rounds at --batch-size (LCE is slow there)"
+    )
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--json", help="write the results to this JSON file")
     args = parser.parse_args(argv)
 
-    options = dict(repeats=args.repeats, large_batch=args.batch_size, threads=args.threads)
+    options = dict(
+        repeats=args.repeats,
+        large_repeats=args.large_repeats,
+        large_batch=args.batch_size,
+        threads=args.threads,
+    )
     rows = []
     for name in args.layers:
         shape, filters = LAYERS[name]
@@ -155,7 +162,12 @@ def main(argv=None):
         "xnor_larq.benchmarks.inference",
         argv,
         args.json,
-        settings={"threads": args.threads, "repeats": args.repeats, "batch_size": args.batch_size},
+        settings={
+            "threads": args.threads,
+            "repeats": args.repeats,
+            "large_repeats": args.large_repeats,
+            "batch_size": args.batch_size,
+        },
         rows=rows,
     )
 
