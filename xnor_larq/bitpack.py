@@ -6,9 +6,8 @@ Larq). For ±1 vectors ``a``, ``b`` of length ``n`` packed this way,
 
 A binary convolution is computed per output pixel: the receptive field is
 gathered into one contiguous bit string (tap after tap, ``C`` bits each, the
-tail of the last 64-bit word clear), then XOR-ed and popcounted against every
-output channel's weight bit string laid out the same way (word by word, output
-channels innermost, so the compiler vectorizes the popcounts). Padding taps are
+tail of the last 64-bit word clear), then XOR-ed and popcounted against each
+output channel's weight bit string laid out the same way. Padding taps are
 gathered as +1 and corrected exactly afterwards with the per-tap sum of the
 weights, so zero padding and Larq's ±1 ``pad_values`` are all exact. The float
 epilogue ``dot · multiplier[o] · K + offset[o]`` holds α, K, a bias and a
@@ -115,7 +114,7 @@ def pack_weights(signs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _binary_conv2d(
     x_packed,
     channels,
-    w_words,
+    w_packed,
     tap_sums,
     kernel_h,
     kernel_w,
@@ -134,7 +133,7 @@ def _binary_conv2d(
     use_scale_map,
 ):
     batch, height, width, in_words = x_packed.shape
-    words, outputs = w_words.shape
+    outputs, words = w_packed.shape
     taps = kernel_h * kernel_w
     out = np.empty((batch, out_h, out_w, outputs), np.float32)
     full_dot = taps * channels
@@ -144,7 +143,8 @@ def _binary_conv2d(
         oh = row % out_h
         patch = np.empty(words, np.uint64)
         padded = np.empty(taps, np.bool_)
-        mismatches = np.empty(outputs, np.uint64)
+        dots = np.empty(outputs, np.int64)
+        mismatch = np.empty(4, np.uint64)
         for ow in range(out_w):
             patch[:] = 0
             any_padded = False
@@ -168,15 +168,32 @@ def _binary_conv2d(
                         if shift != 0 and index + 1 < words:
                             patch[index + 1] |= value >> (np.uint64(64) - shift)
             scale = scale_map[n, oh, ow] if use_scale_map else np.float32(1.0)
-            # Output channels innermost: one patch word against a contiguous row
-            # of weight words, which LLVM vectorizes (AVX2 popcount).
-            mismatches[:] = 0
-            for k in range(words):
-                value = patch[k]
-                for o in range(outputs):
-                    mismatches[o] += _popcount(value ^ w_words[k, o])
+            # Four output channels per pass: each patch word is loaded once for four.
+            blocked = outputs - outputs % 4
+            for o in range(0, blocked, 4):
+                m0 = np.uint64(0)
+                m1 = np.uint64(0)
+                m2 = np.uint64(0)
+                m3 = np.uint64(0)
+                for k in range(words):
+                    value = patch[k]
+                    m0 += _popcount(value ^ w_packed[o, k])
+                    m1 += _popcount(value ^ w_packed[o + 1, k])
+                    m2 += _popcount(value ^ w_packed[o + 2, k])
+                    m3 += _popcount(value ^ w_packed[o + 3, k])
+                mismatch[0] = m0
+                mismatch[1] = m1
+                mismatch[2] = m2
+                mismatch[3] = m3
+                for b in range(4):
+                    dots[o + b] = full_dot - 2 * np.int64(mismatch[b])
+            for o in range(blocked, outputs):
+                m0 = np.uint64(0)
+                for k in range(words):
+                    m0 += _popcount(patch[k] ^ w_packed[o, k])
+                dots[o] = full_dot - 2 * np.int64(m0)
             for o in range(outputs):
-                dot = full_dot - 2 * np.int64(mismatches[o])
+                dot = dots[o]
                 if any_padded:
                     # Padded taps were gathered as +1 (contributing tap_sums);
                     # they should contribute pad_value · tap_sums.
@@ -248,7 +265,7 @@ def binary_conv2d(
     return _binary_conv2d(
         x_packed,
         channels,
-        np.ascontiguousarray(w_packed.T),  # (words, O): outputs innermost
+        w_packed,
         tap_sums,
         kernel_size[0],
         kernel_size[1],
