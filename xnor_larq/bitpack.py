@@ -229,6 +229,14 @@ def output_geometry(height, width, kernel, strides, dilation, padding):
     return 0, 0, out_h, out_w
 
 
+def _window(height, width, kernel_size, strides, dilation_rate, padding):
+    """The kernels' window arguments: kernel, strides, dilation, pads, output size."""
+    top, left, out_h, out_w = output_geometry(
+        height, width, kernel_size, strides, dilation_rate, padding
+    )
+    return (*kernel_size, *strides, *dilation_rate, top, left, out_h, out_w)
+
+
 def binary_conv2d(
     x_packed,
     channels,
@@ -252,11 +260,8 @@ def binary_conv2d(
     where ``dot`` is the exact ±1 convolution (with ``multiplier=1``,
     ``offset=0`` and no scale map the integers themselves).
     """
-    batch, height, width, _ = x_packed.shape
+    _, height, width, _ = x_packed.shape
     outputs = w_packed.shape[0]
-    pad_top, pad_left, out_h, out_w = output_geometry(
-        height, width, kernel_size, strides, dilation_rate, padding
-    )
     multiplier = np.ones(outputs, np.float32) if multiplier is None else multiplier
     offset = np.zeros(outputs, np.float32) if offset is None else offset
     use_scale_map = scale_map is not None
@@ -267,16 +272,7 @@ def binary_conv2d(
         channels,
         w_packed,
         tap_sums,
-        kernel_size[0],
-        kernel_size[1],
-        strides[0],
-        strides[1],
-        dilation_rate[0],
-        dilation_rate[1],
-        pad_top,
-        pad_left,
-        out_h,
-        out_w,
+        *_window(height, width, kernel_size, strides, dilation_rate, padding),
         int(pad_value),
         np.ascontiguousarray(multiplier, np.float32),
         np.ascontiguousarray(offset, np.float32),
@@ -317,23 +313,11 @@ def input_scaling_map(
     ``channel_mean`` (``mean_c |x|``, e.g. from :func:`pack_channels`) saves a pass.
     """
     height, width = x.shape[1:3]
-    top, left, out_h, out_w = output_geometry(
-        height, width, kernel_size, strides, dilation_rate, padding
-    )
     if channel_mean is None:
         channel_mean = np.abs(x).mean(axis=-1, dtype=np.float32)
     return _box_mean(
         np.ascontiguousarray(channel_mean),
-        kernel_size[0],
-        kernel_size[1],
-        strides[0],
-        strides[1],
-        dilation_rate[0],
-        dilation_rate[1],
-        top,
-        left,
-        out_h,
-        out_w,
+        *_window(height, width, kernel_size, strides, dilation_rate, padding),
     )
 
 
@@ -406,21 +390,8 @@ def float_conv2d(x, kernel, *, strides=(1, 1), dilation_rate=(1, 1), padding="va
     """A float convolution as im2col (compiled) + one BLAS matrix product."""
     batch, height, width, _ = x.shape
     kernel_h, kernel_w, _, outputs = kernel.shape
-    top, left, out_h, out_w = output_geometry(
-        height, width, (kernel_h, kernel_w), strides, dilation_rate, padding
-    )
-    columns = _im2col(
-        np.ascontiguousarray(x, np.float32),
-        kernel_h,
-        kernel_w,
-        strides[0],
-        strides[1],
-        dilation_rate[0],
-        dilation_rate[1],
-        top,
-        left,
-        out_h,
-        out_w,
-    )
+    window = _window(height, width, (kernel_h, kernel_w), strides, dilation_rate, padding)
+    columns = _im2col(np.ascontiguousarray(x, np.float32), *window)
+    out_h, out_w = window[-2:]
     out = columns @ kernel.reshape(-1, outputs)
     return out.reshape(batch, out_h, out_w, outputs)

@@ -21,7 +21,6 @@ kernels do not cover, raise :class:`UnsupportedLayerError`; pass
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import larq as lq
@@ -162,7 +161,7 @@ class BinaryLayer:
             scale_map=scale_map,
         )
         if self.activation is not None:
-            out = self.activation(tf.constant(out)).numpy()
+            out = _activation_op(self.activation)(out)
         if self.kind == "dense":
             out = out.reshape(out.shape[0], -1)
         return out
@@ -505,10 +504,3 @@ def compile(
     return CompiledModel(
         model.name, steps, _tensor_ids(model.inputs), output_ids, binary_layers, fallback_layers
     )
-
-
-def warm_up(compiled: CompiledModel, input_shape) -> float:
-    """Run one zero batch (JIT compilation on first use); returns seconds taken."""
-    start = time.perf_counter()
-    compiled.predict(np.zeros((1, *input_shape), np.float32))
-    return time.perf_counter() - start
