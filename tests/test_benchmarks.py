@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from xnor_larq.benchmarks import layer_speed, shift_bnn
 
 
@@ -109,6 +111,25 @@ def test_bench_entry_point_writes_json_and_the_document(tmp_path, capsys):
     (results / "accuracy.json").write_text(json.dumps(accuracy))
     assert cli.main([*common, "report"]) == 0
     assert "| full precision | 12.35% |" in doc.read_text()
+
+
+def test_accuracy_update_reruns_only_the_named_settings(tmp_path):
+    from xnor_larq.benchmarks import accuracy
+
+    path = tmp_path / "accuracy.json"
+    budget = ["--dataset", "synthetic", "--epochs", "1", "--train-subset", "64"]
+    budget += ["--batch-size", "32", "--k-seeds", "0", "--json", str(path)]
+    accuracy.main([*budget, "--settings", "fp", "bnn", "--output-dir", str(tmp_path / "a")])
+    first = json.loads(path.read_text())
+    accuracy.main([*budget, "--settings", "bnn", "--update", "--output-dir", str(tmp_path / "b")])
+    second = json.loads(path.read_text())
+    assert [r["setting"] for r in second["runs"]] == ["fp", "bnn"]
+    assert second["runs"][0] == {**first["runs"][0], "command": first["command"]}
+    assert second["runs"][1]["command"] == second["command"] != first["command"]
+    assert second["earlier_commands"] == [first["command"]]
+    assert second["summary"]["bnn"]["mean"] == second["runs"][1]["test_accuracy"]
+    with pytest.raises(SystemExit):  # another budget cannot be merged
+        accuracy.main([*budget, "--settings", "bnn", "--update", "--lr", "0.01"])
 
 
 def test_inference_bench_writes_json_and_its_table(tmp_path):

@@ -159,3 +159,18 @@ def test_shift_batch_norm_and_shift_adamax_from_the_cli(capsys, tmp_path):
     assert code == 0, err
     config = json.loads((output / "config.json").read_text())
     assert config["batch_norm"] == "shift" and config["optimizer"] == "shift_adamax"
+
+
+def test_stochastic_flag_takes_an_optional_target(capsys):
+    parser = cli.build_parser()
+    assert parser.parse_args(["train"]).stochastic is False
+    assert parser.parse_args(["train", "--stochastic"]).stochastic == "both"
+    assert parser.parse_args(["train", "--stochastic", "inputs"]).stochastic == "inputs"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--stochastic", "activations"])
+    assert "invalid choice: 'activations'" in capsys.readouterr().err
+
+
+def test_bench_refuses_its_own_json_flag(tmp_path):
+    with pytest.raises(SystemExit, match="drop --json"):
+        cli.main(["bench", "size", "--results-dir", str(tmp_path), "--json", "x.json"])

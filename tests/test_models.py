@@ -45,6 +45,32 @@ def test_k_off_and_stochastic_options(rng):
     assert all(type(q).__name__ == "StochasticSign" and q.seed == 3 for q in quantizers)
 
 
+@pytest.mark.parametrize(
+    "stochastic,inputs,weights",
+    [(True, True, True), ("both", True, True), ("inputs", True, False), ("weights", False, True)],
+)
+def test_stochastic_targets_and_uniform_init_of_stochastic_weights(stochastic, inputs, weights):
+    model = models.small_cnn(mode="bnn", stochastic=stochastic, seed=3)
+    binary = [layer for layer in model.layers if hasattr(layer, "input_quantizer")]
+    assert len(binary) == 4
+    for layer in binary:
+        assert (type(layer.input_quantizer).__name__ == "StochasticSign") == inputs
+        assert (type(layer.kernel_quantizer).__name__ == "StochasticSign") == weights
+        kernel = np.asarray(layer.kernel).ravel()
+        if weights:
+            # BinaryNet's uniform [-1, 1] start: std 1/sqrt(3), so the hard
+            # sigmoid's probabilities span [0, 1] instead of sitting near 1/2
+            assert kernel.min() >= -1 and kernel.max() <= 1
+            assert abs(kernel.std() - 3**-0.5) < 0.05
+        else:
+            assert kernel.std() < 0.2  # Keras's Glorot init
+
+
+def test_stochastic_target_is_checked():
+    with pytest.raises(ValueError, match="stochastic.*'activations'"):
+        models.small_cnn(mode="bnn", stochastic="activations")
+
+
 def test_unknown_model_lists_the_choices():
     with pytest.raises(ValueError, match="small_cnn.*zoo:XNORNet"):
         models.get_builder("alexnett")

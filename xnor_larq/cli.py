@@ -35,6 +35,7 @@ def _add_common(parser):
 
 
 def build_parser():
+    from xnor_larq.modes import STOCHASTIC_TARGETS
     from xnor_larq.training import OPTIMIZERS, SCHEDULES, STRATEGIES, TrainConfig
 
     defaults = TrainConfig()
@@ -70,7 +71,13 @@ def build_parser():
         help="turn K off (the ablation)",
     )
     train.add_argument(
-        "--stochastic", action="store_true", help="BNN's stochastic binarization (with --mode bnn)"
+        "--stochastic",
+        nargs="?",
+        const="both",
+        default=False,
+        choices=STOCHASTIC_TARGETS,
+        help="BNN's stochastic binarization (with --mode bnn) of the inputs, the weights "
+        "or both (the default when given without a value)",
     )
     train.add_argument("--epochs", type=int, default=defaults.epochs)
     train.add_argument("--lr", type=float, default=defaults.lr)
@@ -216,6 +223,11 @@ def _bench(args):
             "shift-bnn": shift_bnn,
             "inference": inference_bench,
         }
+        if "--json" in args.rest:
+            raise SystemExit(
+                "xnor-larq bench writes its JSON into --results-dir; drop --json "
+                f"(or run python -m xnor_larq.benchmarks.{args.suite.replace('-', '_')} --json ...)"
+            )
         path = Path(args.results_dir) / f"{args.suite.replace('-', '_')}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         suite[args.suite].main([*args.rest, "--json", str(path)])

@@ -12,17 +12,40 @@ xnor     α·sign(W)          sign(I)            on         XNOR-Net paper, sec.
 bnn      sign(W)            sign(I)            off        Courbariaux/Hubara 2016
 =======  =================  =================  =========  ==========================
 
-``bnn`` with ``stochastic=True`` binarizes weights and inputs stochastically
-while training (BNN eq. 2) and deterministically at inference.
+``bnn`` with ``stochastic=True`` (or ``"both"``) binarizes weights and
+inputs stochastically while training (BNN eq. 2) and deterministically at
+inference; ``stochastic="inputs"`` or ``"weights"`` makes only one of them
+stochastic. Stochastic weights start uniform in [-1, 1] (BinaryNet's H = 1):
+with Keras's Glorot init the latent weights are about ±0.1, the hard sigmoid
+gives each sign a probability near 1/2, and the network draws near-random
+weights at every step and does not learn.
 """
 
 from __future__ import annotations
 
 from .quantizers import BACKWARD_MODES
 
-__all__ = ["MODES", "binary_layer_kwargs"]
+__all__ = ["MODES", "STOCHASTIC_TARGETS", "binary_layer_kwargs", "stochastic_targets"]
 
 MODES = ("fp", "bwn", "xnor", "bnn")
+#: What ``stochastic`` may binarize stochastically; ``True`` means ``"both"``.
+STOCHASTIC_TARGETS = ("inputs", "weights", "both")
+#: BinaryNet's initial latent weights, uniform in [-H, H] with H = 1.
+STOCHASTIC_WEIGHT_INIT = {"class_name": "RandomUniform", "config": {"minval": -1.0, "maxval": 1.0}}
+
+
+def stochastic_targets(stochastic) -> tuple[bool, bool]:
+    """``(inputs, weights)``: which of them ``stochastic`` makes stochastic."""
+    if stochastic is False or stochastic is None:
+        return False, False
+    if stochastic is True:
+        stochastic = "both"
+    if stochastic not in STOCHASTIC_TARGETS:
+        raise ValueError(
+            f"`stochastic` must be True, False or one of {STOCHASTIC_TARGETS}. "
+            f"Received: stochastic={stochastic!r}"
+        )
+    return stochastic in ("inputs", "both"), stochastic in ("weights", "both")
 
 
 def _quantizer(class_name: str, **config):
@@ -35,7 +58,7 @@ def binary_layer_kwargs(
     mode: str,
     *,
     input_scaling: bool | None = None,
-    stochastic: bool = False,
+    stochastic: bool | str = False,
     backward: str = "paper",
     per_channel: bool = True,
     clip_value: float = 1.0,
@@ -49,7 +72,9 @@ def binary_layer_kwargs(
         input_scaling: override whether K (β) is applied; by default only
             ``xnor`` uses it. ``binary_layer_kwargs("xnor", input_scaling=False)``
             is XNOR-Net without K, the paper's ablation.
-        stochastic: ``bnn`` only: stochastic binarization of weights and inputs.
+        stochastic: ``bnn`` only: stochastic binarization of ``"inputs"``,
+            ``"weights"`` or ``"both"`` (``True``). Stochastic weights also get
+            the uniform [-1, 1] ``kernel_initializer`` (see module doc).
         backward: the scaled sign's backward pass (``bwn``/``xnor``).
         per_channel: one α per output channel (True) or per layer (False).
         clip_value: straight-through-estimator clip for every quantizer.
@@ -67,6 +92,7 @@ def binary_layer_kwargs(
         raise ValueError(
             f"`backward` must be one of {BACKWARD_MODES}. Received: backward={backward!r}"
         )
+    stochastic_inputs, stochastic_weights = stochastic_targets(stochastic)
     if stochastic and mode != "bnn":
         raise ValueError(
             f"`stochastic=True` is BNN's binarization and needs mode='bnn'. Received: mode={mode!r}"
@@ -82,7 +108,7 @@ def binary_layer_kwargs(
         "ScaledSign", per_channel=per_channel, backward=backward, clip_value=clip_value
     )
 
-    def sign():
+    def sign(stochastic):
         if stochastic:
             return _quantizer("StochasticSign", clip_value=clip_value, seed=seed)
         return _quantizer("SteSign", clip_value=clip_value)
@@ -92,9 +118,14 @@ def binary_layer_kwargs(
     elif mode == "bwn":
         kwargs = {"input_quantizer": None, "kernel_quantizer": scaled_sign}
     elif mode == "xnor":
-        kwargs = {"input_quantizer": sign(), "kernel_quantizer": scaled_sign}
+        kwargs = {"input_quantizer": sign(False), "kernel_quantizer": scaled_sign}
     else:  # bnn
-        kwargs = {"input_quantizer": sign(), "kernel_quantizer": sign()}
+        kwargs = {
+            "input_quantizer": sign(stochastic_inputs),
+            "kernel_quantizer": sign(stochastic_weights),
+        }
+        if stochastic_weights:
+            kwargs["kernel_initializer"] = dict(STOCHASTIC_WEIGHT_INIT)
     if mode != "fp":
         kwargs["kernel_constraint"] = (
             None

@@ -40,7 +40,7 @@ class TrainConfig:
     dataset: str = "fashion_mnist"
     mode: str | None = "xnor"
     input_scaling: bool | None = None
-    stochastic: bool = False
+    stochastic: bool | str = False
     epochs: int = 3
     batch_size: int = 128
     lr: float = 1e-3

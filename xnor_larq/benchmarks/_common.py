@@ -32,13 +32,18 @@ def machine_info() -> dict:
     }
 
 
+def command_line(module: str, argv=None) -> str:
+    """The command that reruns a benchmark, as typed in the repository's root."""
+    args = list(argv) if argv is not None else sys.argv[1:]
+    return " ".join(["python", "-m", module, *args])
+
+
 def finish(benchmark: str, module: str, argv, json_path=None, **content) -> dict:
     """The benchmark's report with machine and command; written to ``json_path``."""
-    args = list(argv) if argv is not None else sys.argv[1:]
     report = {
         "benchmark": benchmark,
         "machine": machine_info(),
-        "command": " ".join([sys.executable, "-m", module, *args]),
+        "command": command_line(module, argv),
         **content,
     }
     if json_path:
