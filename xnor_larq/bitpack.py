@@ -95,17 +95,32 @@ def pack_channels(x: np.ndarray, with_abs_mean: bool = False):
     return packed
 
 
+#: Output channels computed together; their weight words are interleaved so
+#: that one load fetches the same word of all of them (the compiler then runs
+#: the block's xor + popcount as one vector operation).
+OUTPUT_BLOCK = 4
+
+
 def pack_weights(signs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pack a ±1 kernel ``(kh, kw, C, O)`` into per-channel bit strings.
 
-    Returns ``(packed, tap_sums)``: ``packed`` is ``(O, ceil(kh·kw·C/64))``
-    uint64 with tap ``t`` at bits ``t·C … t·C+C-1``; ``tap_sums`` is
-    ``(O, kh·kw)`` int32, the sum of the signs of each tap (for padding).
+    Returns ``(packed, tap_sums)``. Output channel ``o``'s bit string holds tap
+    ``t`` at bits ``t·C … t·C+C-1`` and lies at ``packed[o // 4, :, o % 4]``:
+    ``packed`` is ``(ceil(O/4), ceil(kh·kw·C/64), 4)`` uint64, output channels
+    interleaved in blocks of four (:data:`OUTPUT_BLOCK`; missing channels of
+    the last block are zero). ``tap_sums`` is ``(O, kh·kw)`` int32, the sum of
+    the signs of each tap (for padding).
     """
     kernel_h, kernel_w, channels, outputs = signs.shape
     per_output = np.ascontiguousarray(np.transpose(signs, (3, 0, 1, 2)), np.float32)
     flat = per_output.reshape(outputs, kernel_h * kernel_w * channels)
-    packed = _pack_rows(flat, words_for(flat.shape[1]), np.empty(outputs, np.float32))
+    rows = _pack_rows(flat, words_for(flat.shape[1]), np.empty(outputs, np.float32))
+    blocks = -(-outputs // OUTPUT_BLOCK)
+    padded = np.zeros((blocks * OUTPUT_BLOCK, rows.shape[1]), np.uint64)
+    padded[:outputs] = rows
+    packed = np.ascontiguousarray(
+        padded.reshape(blocks, OUTPUT_BLOCK, rows.shape[1]).transpose(0, 2, 1)
+    )
     tap_sums = per_output.reshape(outputs, kernel_h * kernel_w, channels).sum(-1)
     return packed, tap_sums.astype(np.int32)
 
@@ -133,30 +148,28 @@ def _binary_conv2d(
     use_scale_map,
 ):
     batch, height, width, in_words = x_packed.shape
-    outputs, words = w_packed.shape
+    blocks, words, _ = w_packed.shape
+    outputs = tap_sums.shape[0]
     taps = kernel_h * kernel_w
     out = np.empty((batch, out_h, out_w, outputs), np.float32)
     full_dot = taps * channels
-    # One task per output row; the gather buffers are reused along the row.
+    # One task per output row: first gather every receptive field of the row
+    # into its bit string, then xor-popcount them against the weights.
     for row in prange(batch * out_h):
         n = row // out_h
         oh = row % out_h
-        patch = np.empty(words, np.uint64)
-        padded = np.empty(taps, np.bool_)
-        dots = np.empty(outputs, np.int64)
-        mismatch = np.empty(4, np.uint64)
+        patches = np.zeros((out_w, words), np.uint64)
+        padded = np.zeros((out_w, taps), np.bool_)
+        any_padded = np.zeros(out_w, np.bool_)
         for ow in range(out_w):
-            patch[:] = 0
-            any_padded = False
             for kh in range(kernel_h):
                 ih = oh * stride_h - pad_top + kh * dilation_h
                 for kw in range(kernel_w):
                     iw = ow * stride_w - pad_left + kw * dilation_w
                     tap = kh * kernel_w + kw
-                    outside = ih < 0 or ih >= height or iw < 0 or iw >= width
-                    padded[tap] = outside
-                    if outside:
-                        any_padded = True
+                    if ih < 0 or ih >= height or iw < 0 or iw >= width:
+                        padded[ow, tap] = True
+                        any_padded[ow] = True
                         continue
                     start = tap * channels
                     for j in range(in_words):
@@ -164,43 +177,52 @@ def _binary_conv2d(
                         index = bit // 64
                         shift = np.uint64(bit % 64)
                         value = x_packed[n, ih, iw, j]
-                        patch[index] |= value << shift
+                        patches[ow, index] |= value << shift
                         if shift != 0 and index + 1 < words:
-                            patch[index + 1] |= value >> (np.uint64(64) - shift)
+                            patches[ow, index + 1] |= value >> (np.uint64(64) - shift)
+        # Padding correction of each output channel for the current pixel's set of
+        # padded taps; recomputed only where that set changes (near the borders).
+        correction = np.zeros(blocks * 4, np.int64)
+        corrected_for = -1
+        for ow in range(out_w):
+            if any_padded[ow]:
+                same = corrected_for >= 0
+                if same:
+                    for tap in range(taps):
+                        if padded[ow, tap] != padded[corrected_for, tap]:
+                            same = False
+                            break
+                if not same:
+                    # Padded taps were gathered as +1 (contributing tap_sums);
+                    # they should contribute pad_value · tap_sums.
+                    for o in range(outputs):
+                        total = 0
+                        for tap in range(taps):
+                            if padded[ow, tap]:
+                                total += tap_sums[o, tap]
+                        correction[o] = (pad_value - 1) * total
+                    corrected_for = ow
             scale = scale_map[n, oh, ow] if use_scale_map else np.float32(1.0)
-            # Four output channels per pass: each patch word is loaded once for four.
-            blocked = outputs - outputs % 4
-            for o in range(0, blocked, 4):
+            for block in range(blocks):
                 m0 = np.uint64(0)
                 m1 = np.uint64(0)
                 m2 = np.uint64(0)
                 m3 = np.uint64(0)
                 for k in range(words):
-                    value = patch[k]
-                    m0 += _popcount(value ^ w_packed[o, k])
-                    m1 += _popcount(value ^ w_packed[o + 1, k])
-                    m2 += _popcount(value ^ w_packed[o + 2, k])
-                    m3 += _popcount(value ^ w_packed[o + 3, k])
-                mismatch[0] = m0
-                mismatch[1] = m1
-                mismatch[2] = m2
-                mismatch[3] = m3
-                for b in range(4):
-                    dots[o + b] = full_dot - 2 * np.int64(mismatch[b])
-            for o in range(blocked, outputs):
-                m0 = np.uint64(0)
-                for k in range(words):
-                    m0 += _popcount(patch[k] ^ w_packed[o, k])
-                dots[o] = full_dot - 2 * np.int64(m0)
-            for o in range(outputs):
-                dot = dots[o]
-                if any_padded:
-                    # Padded taps were gathered as +1 (contributing tap_sums);
-                    # they should contribute pad_value · tap_sums.
-                    for tap in range(taps):
-                        if padded[tap]:
-                            dot += (pad_value - 1) * tap_sums[o, tap]
-                out[n, oh, ow, o] = np.float32(dot) * multiplier[o] * scale + offset[o]
+                    value = patches[ow, k]
+                    m0 += _popcount(value ^ w_packed[block, k, 0])
+                    m1 += _popcount(value ^ w_packed[block, k, 1])
+                    m2 += _popcount(value ^ w_packed[block, k, 2])
+                    m3 += _popcount(value ^ w_packed[block, k, 3])
+                o = block * 4
+                for b in range(min(4, outputs - o)):
+                    mismatch = m0 if b == 0 else m1 if b == 1 else m2 if b == 2 else m3
+                    dot = full_dot - 2 * np.int64(mismatch)
+                    if any_padded[ow]:
+                        dot += correction[o + b]
+                    out[n, oh, ow, o + b] = (
+                        np.float32(dot) * multiplier[o + b] * scale + offset[o + b]
+                    )
     return out
 
 
@@ -261,7 +283,7 @@ def binary_conv2d(
     ``offset=0`` and no scale map the integers themselves).
     """
     _, height, width, _ = x_packed.shape
-    outputs = w_packed.shape[0]
+    outputs = tap_sums.shape[0]
     multiplier = np.ones(outputs, np.float32) if multiplier is None else multiplier
     offset = np.zeros(outputs, np.float32) if offset is None else offset
     use_scale_map = scale_map is not None

@@ -445,7 +445,7 @@ class CompiledModel:
         for layer in self.binary_layers:
             folded = f", folded {', '.join(layer.folded)}" if layer.folded else ""
             lines.append(
-                f"  {layer.name}: {layer.kind} {layer.channels}→{layer.packed.shape[0]}, "
+                f"  {layer.name}: {layer.kind} {layer.channels}→{layer.tap_sums.shape[0]}, "
                 f"{layer.packed_bytes} B packed (float32 {layer.float32_bytes} B)"
                 f"{', K' if layer.input_scaling else ''}{folded}"
             )
