@@ -136,3 +136,13 @@ def test_float_conv_matches_tensorflow(rng, kernel, strides, dilation, padding):
     got = bitpack.float_conv2d(x, weights, strides=strides, dilation_rate=dilation, padding=padding)
     expected = tf.nn.conv2d(x, weights, strides, padding.upper(), dilations=dilation).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_packing_with_a_folded_batch_norm_packs_the_affine_values(rng):
+    x = rng.normal(size=(2, 5, 70)).astype("float32")
+    scale = rng.normal(size=70).astype("float32")
+    shift = rng.normal(size=70).astype("float32")
+    packed, abs_mean = bitpack.pack_channels(x, with_abs_mean=True, scale=scale, shift=shift)
+    affine = x * scale + shift
+    np.testing.assert_array_equal(packed, bitpack.pack_channels(affine))
+    np.testing.assert_allclose(abs_mean, np.abs(affine).mean(-1), rtol=1e-5)

@@ -130,6 +130,35 @@ def test_activation_after_binary_layer_blocks_batch_norm_folding(rng):
     assert_close(compiled.predict(x), model(x).numpy())
 
 
+def test_batch_norm_before_a_binary_layer_is_applied_while_packing(rng):
+    model = build("small_cnn", "xnor")
+    compiled = inference.compile(model)
+    names = {step.name for step in compiled.steps}
+    bn_before = [layer.inbound_nodes[0].inbound_layers.name for layer in model.layers
+                 if hasattr(layer, "input_quantizer")]  # fmt: skip
+    assert all(name.startswith("batch_normalization") for name in bn_before)
+    assert not names & set(bn_before)
+    assert [layer.folded[0] for layer in compiled.binary_layers] == bn_before
+    x = rng.uniform(-1, 1, size=(4, 28, 28, 1)).astype("float32")
+    values = keras_values(model, x)
+    for step in compiled.steps:  # each binary step now starts from the BN's input
+        assert_close(step.run(*(values[i] for i in step.inputs)), values[step.output])
+
+
+def test_batch_norm_read_by_two_layers_stays_a_step(rng):
+    inputs = tf.keras.Input((6, 6, 8))
+    normalized = tf.keras.layers.BatchNormalization(name="shared_bn")(inputs)
+    conv = ScaledQuantConv2D(8, 3, padding="same")(normalized)
+    model = with_trained_like_batch_norm(
+        tf.keras.Model(inputs, tf.keras.layers.Add()([conv, normalized]))
+    )
+    compiled = inference.compile(model)
+    assert "shared_bn" in {step.name for step in compiled.steps}
+    assert compiled.binary_layers[0].input_scale is None
+    x = rng.normal(size=(2, 6, 6, 8)).astype("float32")
+    assert_close(compiled.predict(x), model(x).numpy())
+
+
 def test_stochastic_bnn_compiles_to_its_deterministic_inference(rng):
     model = build("small_cnn", "bnn", stochastic=True, seed=3)
     x = rng.uniform(-1, 1, size=(4, 28, 28, 1)).astype("float32")

@@ -79,17 +79,50 @@ def _pack_rows(values, words, abs_means):
     return packed
 
 
-def pack_channels(x: np.ndarray, with_abs_mean: bool = False):
+@numba.njit(parallel=True, **_JIT)
+def _pack_rows_affine(values, scale, shift, words, abs_means):
+    # As _pack_rows, of values[r, c] · scale[c] + shift[c] (a folded BatchNorm).
+    rows, bits = values.shape
+    packed = np.empty((rows, words), np.uint64)
+    for r in prange(rows):
+        total = np.float32(0.0)
+        for w in range(words):
+            word = np.uint64(0)
+            for i in range(min(64, bits - w * 64)):
+                c = w * 64 + i
+                value = values[r, c] * scale[c] + shift[c]
+                total += abs(value)
+                word |= np.uint64(value < 0) << np.uint64(i)
+            packed[r, w] = word
+        abs_means[r] = total / bits
+    return packed
+
+
+def pack_channels(x: np.ndarray, with_abs_mean: bool = False, *, scale=None, shift=None):
     """Pack the last axis of a float array: ``(..., C)`` → ``(..., ceil(C/64))`` uint64.
 
     With ``with_abs_mean`` also returns ``mean_c |x|`` (shape ``x.shape[:-1]``),
-    computed in the same pass (XNOR-Net's A, from which K is built).
+    computed in the same pass (XNOR-Net's A, from which K is built). With
+    per-channel ``scale`` and ``shift``, packs ``x · scale + shift`` instead (a
+    BatchNormalization folded into the binarization; the mean is of it too).
     """
     x = np.ascontiguousarray(x, np.float32)
     channels = x.shape[-1]
     rows = x.reshape(-1, channels)
     abs_means = np.empty(rows.shape[0], np.float32)
-    packed = _pack_rows(rows, words_for(channels), abs_means).reshape(*x.shape[:-1], -1)
+    if scale is None and shift is None:
+        packed = _pack_rows(rows, words_for(channels), abs_means)
+    else:
+        scale = np.ones(channels, np.float32) if scale is None else scale
+        shift = np.zeros(channels, np.float32) if shift is None else shift
+        packed = _pack_rows_affine(
+            rows,
+            np.ascontiguousarray(scale, np.float32),
+            np.ascontiguousarray(shift, np.float32),
+            words_for(channels),
+            abs_means,
+        )
+    packed = packed.reshape(*x.shape[:-1], -1)
     if with_abs_mean:
         return packed, abs_means.reshape(x.shape[:-1])
     return packed

@@ -125,6 +125,9 @@ class BinaryLayer:
     input_scaling: bool
     activation: object = None
     folded: list = field(default_factory=list)  # names of folded BN layers
+    # a BatchNormalization just before the layer, applied while packing its input
+    input_scale: np.ndarray | None = None
+    input_shift: np.ndarray | None = None
     float32_bytes: int = 0
 
     @property
@@ -135,7 +138,9 @@ class BinaryLayer:
         bitpack = _bitpack()
         if self.kind == "dense":
             x = x.reshape(x.shape[0], 1, 1, x.shape[-1])
-        packed, channel_mean = bitpack.pack_channels(x, with_abs_mean=True)
+        packed, channel_mean = bitpack.pack_channels(
+            x, with_abs_mean=True, scale=self.input_scale, shift=self.input_shift
+        )
         scale_map = None
         if self.input_scaling:
             scale_map = bitpack.input_scaling_map(
@@ -243,6 +248,16 @@ def _fold(binary: BinaryLayer, bn_layer) -> bool:
     binary.multiplier = (binary.multiplier * scale).astype(np.float32)
     binary.offset = (binary.offset * scale + shift).astype(np.float32)
     binary.folded.append(bn_layer.name)
+    return True
+
+
+def _fold_before(binary: BinaryLayer, bn_step, bn_layer) -> bool:
+    """Fold the BN computing ``binary``'s input into its packing, if it is affine."""
+    affine = _batch_norm_affine(bn_layer)
+    if affine is None:
+        return False
+    binary.input_scale, binary.input_shift = (v.astype(np.float32) for v in affine)
+    binary.folded.insert(0, bn_layer.name)
     return True
 
 
@@ -476,6 +491,7 @@ def compile(
     consumers = _consumers(model)
     output_ids = _tensor_ids(model.outputs)
     steps, binary_layers, fallback_layers, skipped = [], [], [], set()
+    producers = {}  # output id -> (step, layer) of the float steps so far
     for layer in model.layers:
         if isinstance(layer, tf.keras.layers.InputLayer) or layer.name in skipped:
             continue
@@ -491,6 +507,18 @@ def compile(
             binary = None
             fallback_layers.append(layer.name)
         output_id = id(layer.output)
+        inputs = _tensor_ids(layer.input)
+        if binary is not None:
+            # A BN whose only reader is this layer is applied while packing.
+            producer = producers.get(inputs[0])
+            if (
+                producer is not None
+                and inputs[0] not in output_ids
+                and consumers.get(inputs[0]) == [layer]
+                and _fold_before(binary, producer[0], producer[1])
+            ):
+                steps.remove(producer[0])
+                inputs = producer[0].inputs
         if binary is not None:
             following = consumers.get(output_id, [])
             if len(following) == 1 and output_id not in output_ids and _fold(binary, following[0]):
@@ -500,7 +528,9 @@ def compile(
             run = binary
         else:
             run = _float_op(layer, fallback)
-        steps.append(_Step(layer.name, _tensor_ids(layer.input), output_id, run))
+        steps.append(_Step(layer.name, inputs, output_id, run))
+        if binary is None:
+            producers[output_id] = (steps[-1], layer)
     return CompiledModel(
         model.name, steps, _tensor_ids(model.inputs), output_ids, binary_layers, fallback_layers
     )
