@@ -215,7 +215,9 @@ def _binary_conv2d(
                             patches[ow, index + 1] |= value >> (np.uint64(64) - shift)
         # Padding correction of each output channel for the current pixel's set of
         # padded taps; recomputed only where that set changes (near the borders).
-        correction = np.zeros(blocks * 4, np.int64)
+        correction = np.zeros(blocks * 4, np.int32)
+        no_correction = np.zeros(blocks * 4, np.int32)
+        counts = np.empty(blocks * 4, np.int32)
         corrected_for = -1
         for ow in range(out_w):
             if any_padded[ow]:
@@ -233,7 +235,7 @@ def _binary_conv2d(
                         for tap in range(taps):
                             if padded[ow, tap]:
                                 total += tap_sums[o, tap]
-                        correction[o] = (pad_value - 1) * total
+                        correction[o] = np.int32((pad_value - 1) * total)
                     corrected_for = ow
             scale = scale_map[n, oh, ow] if use_scale_map else np.float32(1.0)
             for block in range(blocks):
@@ -247,15 +249,15 @@ def _binary_conv2d(
                     m1 += _popcount(value ^ w_packed[block, k, 1])
                     m2 += _popcount(value ^ w_packed[block, k, 2])
                     m3 += _popcount(value ^ w_packed[block, k, 3])
-                o = block * 4
-                for b in range(min(4, outputs - o)):
-                    mismatch = m0 if b == 0 else m1 if b == 1 else m2 if b == 2 else m3
-                    dot = full_dot - 2 * np.int64(mismatch)
-                    if any_padded[ow]:
-                        dot += correction[o + b]
-                    out[n, oh, ow, o + b] = (
-                        np.float32(dot) * multiplier[o + b] * scale + offset[o + b]
-                    )
+                counts[block * 4] = np.int32(m0)
+                counts[block * 4 + 1] = np.int32(m1)
+                counts[block * 4 + 2] = np.int32(m2)
+                counts[block * 4 + 3] = np.int32(m3)
+            # The epilogue as one simple loop over the channels (vectorized).
+            shift = correction if any_padded[ow] else no_correction
+            for o in range(outputs):
+                dot = np.int32(full_dot) - 2 * counts[o] + shift[o]
+                out[n, oh, ow, o] = np.float32(dot) * multiplier[o] * scale + offset[o]
     return out
 
 
