@@ -386,8 +386,8 @@ def _max_pool(x, pool_h, pool_w, stride_h, stride_w, top, left, out_h, out_w):
         n = row // out_h
         oh = row % out_h
         for ow in range(out_w):
-            for c in range(channels):
-                out[n, oh, ow, c] = -np.inf
+            target = out[n, oh, ow]
+            target[:] = -np.inf
             for kh in range(pool_h):
                 ih = oh * stride_h - top + kh
                 if ih < 0 or ih >= height:
@@ -396,10 +396,9 @@ def _max_pool(x, pool_h, pool_w, stride_h, stride_w, top, left, out_h, out_w):
                     iw = ow * stride_w - left + kw
                     if iw < 0 or iw >= width:
                         continue
-                    for c in range(channels):
-                        value = x[n, ih, iw, c]
-                        if value > out[n, oh, ow, c]:
-                            out[n, oh, ow, c] = value
+                    source = x[n, ih, iw]
+                    for c in range(channels):  # vectorized over channels
+                        target[c] = max(target[c], source[c])
     return out
 
 
@@ -443,11 +442,49 @@ def _im2col(x, kernel_h, kernel_w, stride_h, stride_w, dil_h, dil_w, top, left, 
     return columns
 
 
+@numba.njit(parallel=True, **_JIT)
+def _direct_conv(x, kernel, kernel_h, kernel_w, stride_h, stride_w, dil_h, dil_w, top, left,
+                 out_h, out_w):  # fmt: skip
+    batch, height, width, channels = x.shape
+    outputs = kernel.shape[-1]
+    out = np.empty((batch, out_h, out_w, outputs), np.float32)
+    for row in prange(batch * out_h):
+        n = row // out_h
+        oh = row % out_h
+        total = np.zeros((out_w, outputs), np.float32)
+        for kh in range(kernel_h):
+            ih = oh * stride_h - top + kh * dil_h
+            if ih < 0 or ih >= height:
+                continue
+            for kw in range(kernel_w):
+                for c in range(channels):
+                    for ow in range(out_w):
+                        iw = ow * stride_w - left + kw * dil_w
+                        if iw < 0 or iw >= width:
+                            continue
+                        value = x[n, ih, iw, c]
+                        for o in range(outputs):  # vectorized over output channels
+                            total[ow, o] += value * kernel[kh, kw, c, o]
+        out[n, oh] = total
+    return out
+
+
+#: Below this many multiply-adds per output value (kh·kw·C_in) a float conv
+#: runs as a direct loop; a matrix product that thin wastes BLAS.
+DIRECT_CONV_DEPTH = 32
+
+
 def float_conv2d(x, kernel, *, strides=(1, 1), dilation_rate=(1, 1), padding="valid"):
-    """A float convolution as im2col (compiled) + one BLAS matrix product."""
-    batch, height, width, _ = x.shape
+    """A float convolution: a direct compiled loop when thin, else im2col + one BLAS product."""
+    batch, height, width, channels = x.shape
     kernel_h, kernel_w, _, outputs = kernel.shape
     window = _window(height, width, (kernel_h, kernel_w), strides, dilation_rate, padding)
+    if kernel_h * kernel_w * channels < DIRECT_CONV_DEPTH:
+        return _direct_conv(
+            np.ascontiguousarray(x, np.float32),
+            np.ascontiguousarray(kernel, np.float32),
+            *window,
+        )
     columns = _im2col(np.ascontiguousarray(x, np.float32), *window)
     out_h, out_w = window[-2:]
     out = columns @ kernel.reshape(-1, outputs)

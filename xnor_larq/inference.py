@@ -444,7 +444,10 @@ class CompiledModel:
             self._run([v[start : start + batch_size] for v in inputs])
             for start in range(0, total, batch_size)
         ]
-        outputs = [np.concatenate(parts) for parts in zip(*chunks)]
+        if len(chunks) == 1:  # one batch: no copy
+            outputs = chunks[0]
+        else:
+            outputs = [np.concatenate(parts) for parts in zip(*chunks)]
         return outputs[0] if len(outputs) == 1 else outputs
 
     __call__ = predict
