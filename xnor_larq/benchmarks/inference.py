@@ -11,7 +11,9 @@ BinaryNet VGG), measured interleaved in one process:
   interpreter (one image at a time, as LCE runs).
 
 Latency per image at batch 1 and throughput at batch 64 (medians of
-interleaved rounds), with how many times faster ``compiled`` is than each::
+interleaved rounds, each call after a 50 ms pause so that no runtime's
+spinning threads are still busy), with how many times faster ``compiled`` is
+than each::
 
     python -m xnor_larq.benchmarks.inference --json docs/results/inference.json
 """
@@ -90,12 +92,19 @@ def _runners(float_model, xnor_model, batch_size, threads):
     }
 
 
+#: Idle time before each timed call. Runtimes' worker threads spin for a while
+#: after their work (OpenMP, Eigen, pthreadpool); without a pause, the previous
+#: method's spinning threads would take cores from the one being timed.
+SETTLE_S = 0.05
+
+
 def _measure(runners, repeats):
     for run in runners.values():  # warm up: tracing, JIT, allocation
         run()
     times = {name: [] for name in runners}
     for _ in range(repeats):
         for name, run in runners.items():
+            time.sleep(SETTLE_S)
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
@@ -167,6 +176,7 @@ def main(argv=None):
             "repeats": args.repeats,
             "large_repeats": args.large_repeats,
             "batch_size": args.batch_size,
+            "settle_s": SETTLE_S,
         },
         rows=rows,
     )
