@@ -10,10 +10,10 @@ BinaryNet VGG), measured interleaved in one process:
 - ``lce``: the XNOR model converted with Larq Compute Engine, on its x86
   interpreter (one image at a time, as LCE runs).
 
-Latency per image at batch 1 and throughput at batch 64 (medians of
-interleaved rounds, each call after a 50 ms pause so that no runtime's
-spinning threads are still busy), with how many times faster ``compiled`` is
-than each::
+Latency per image at batch 1 and throughput at batch 64 (medians over
+interleaved rounds; in each round every method runs once untimed, then is
+timed, 5 calls in a row at batch 1), with how many times faster ``compiled``
+is than each::
 
     python -m xnor_larq.benchmarks.inference --json docs/results/inference.json
 """
@@ -92,29 +92,33 @@ def _runners(float_model, xnor_model, batch_size, threads):
     }
 
 
-#: Idle time before each timed call. Runtimes' worker threads spin for a while
-#: after their work (OpenMP, Eigen, pthreadpool); without a pause, the previous
-#: method's spinning threads would take cores from the one being timed.
-SETTLE_S = 0.05
+def _measure(runners, rounds, block):
+    """Median seconds per call of each runner: ``rounds`` interleaved rounds, in
+    each one untimed call then ``block`` timed calls of a runner in a row.
 
-
-def _measure(runners, repeats):
+    Calls of one runner are kept together: runtimes' worker threads spin for a
+    while after their work (OpenMP, Eigen, pthreadpool), and a lone call timed
+    right after another runtime's would share the cores with its spinning
+    threads; after an idle pause instead, a virtual machine's sleeping cores
+    take milliseconds to wake. Neither is what a user running one of them sees.
+    """
     for run in runners.values():  # warm up: tracing, JIT, allocation
         run()
     times = {name: [] for name in runners}
-    for _ in range(repeats):
+    for _ in range(rounds):
         for name, run in runners.items():
-            time.sleep(SETTLE_S)
-            start = time.perf_counter()
             run()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(block):
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
 def measure(kind, name, float_model, xnor_model, *, repeats, large_repeats, large_batch, threads):
     rows = []
-    for batch_size, rounds in ((1, repeats), (large_batch, large_repeats)):
-        seconds = _measure(_runners(float_model, xnor_model, batch_size, threads), rounds)
+    for batch_size, rounds, block in ((1, repeats, 5), (large_batch, large_repeats, 1)):
+        seconds = _measure(_runners(float_model, xnor_model, batch_size, threads), rounds, block)
         row = {"kind": kind, "name": name, "batch_size": batch_size}
         if batch_size == 1:
             row["latency_ms"] = {m: s * 1e3 for m, s in seconds.items()}
@@ -142,7 +146,9 @@ def main(argv=None):
     parser.add_argument("--layers", nargs="*", choices=list(LAYERS), default=list(LAYERS))
     parser.add_argument("--models", nargs="*", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--batch-size", type=int, default=64, help="the throughput batch")
-    parser.add_argument("--repeats", type=int, default=20, help="rounds at batch 1")
+    parser.add_argument(
+        "--repeats", type=int, default=4, help="rounds at batch 1 (5 timed calls each)"
+    )
     parser.add_argument(
         "--large-repeats", type=int, default=3, help="rounds at --batch-size (LCE is slow there)"
     )
@@ -176,7 +182,7 @@ def main(argv=None):
             "repeats": args.repeats,
             "large_repeats": args.large_repeats,
             "batch_size": args.batch_size,
-            "settle_s": SETTLE_S,
+            "batch_1_calls_per_round": 5,
         },
         rows=rows,
     )
