@@ -131,6 +131,17 @@ def test_accuracy_update_reruns_only_the_named_settings(tmp_path):
     with pytest.raises(SystemExit):  # another budget cannot be merged
         accuracy.main([*budget, "--settings", "bnn", "--update", "--lr", "0.01"])
 
+    # The longer-budget table is rendered from its own file, with every command.
+    from xnor_larq.benchmarks import report
+
+    (tmp_path / "accuracy_long.json").write_text(path.read_text())
+    path.unlink()
+    text = report.render(tmp_path, tmp_path / "RESULTS.md")
+    assert "## Longer budget" in text and "## Accuracy on Fashion-MNIST" not in text
+    assert f"- `{first['command']}`" in text and f"- `{second['command']}`" in text
+    bnn = second["summary"]["bnn"]["mean"] * 100
+    assert f"| BNN | {bnn:.2f}% |" in text
+
 
 def test_inference_bench_writes_json_and_its_table(tmp_path):
     from xnor_larq import cli
