@@ -61,27 +61,10 @@ def _popcount(typingctx, value):
 
 
 @numba.njit(parallel=True, **_JIT)
-def _pack_rows(values, words, abs_means):
-    # values: (rows, bits) float32 -> (rows, words) uint64, bit set where < 0;
-    # abs_means[r] = mean |values[r]| (for K) in the same pass.
-    rows, bits = values.shape
-    packed = np.empty((rows, words), np.uint64)
-    for r in prange(rows):
-        total = np.float32(0.0)
-        for w in range(words):
-            word = np.uint64(0)
-            for i in range(min(64, bits - w * 64)):
-                value = values[r, w * 64 + i]
-                total += abs(value)
-                word |= np.uint64(value < 0) << np.uint64(i)
-            packed[r, w] = word
-        abs_means[r] = total / bits
-    return packed
-
-
-@numba.njit(parallel=True, **_JIT)
-def _pack_rows_affine(values, scale, shift, words, abs_means):
-    # As _pack_rows, of values[r, c] · scale[c] + shift[c] (a folded BatchNorm).
+def _pack_rows(values, scale, shift, words, abs_means):
+    # values: (rows, bits) float32 -> (rows, words) uint64, bit set where
+    # values[r, c] · scale[c] + shift[c] < 0 (a folded BatchNorm, or 1 and 0);
+    # abs_means[r] = mean |that| (for K) in the same pass.
     rows, bits = values.shape
     packed = np.empty((rows, words), np.uint64)
     for r in prange(rows):
@@ -98,6 +81,20 @@ def _pack_rows_affine(values, scale, shift, words, abs_means):
     return packed
 
 
+def _pack(rows, scale=None, shift=None):
+    """``_pack_rows`` of a 2-D float32 array; returns ``(packed, abs_means)``."""
+    bits = rows.shape[1]
+    abs_means = np.empty(rows.shape[0], np.float32)
+    packed = _pack_rows(
+        rows,
+        np.ones(bits, np.float32) if scale is None else np.ascontiguousarray(scale, np.float32),
+        np.zeros(bits, np.float32) if shift is None else np.ascontiguousarray(shift, np.float32),
+        words_for(bits),
+        abs_means,
+    )
+    return packed, abs_means
+
+
 def pack_channels(x: np.ndarray, with_abs_mean: bool = False, *, scale=None, shift=None):
     """Pack the last axis of a float array: ``(..., C)`` → ``(..., ceil(C/64))`` uint64.
 
@@ -107,21 +104,7 @@ def pack_channels(x: np.ndarray, with_abs_mean: bool = False, *, scale=None, shi
     BatchNormalization folded into the binarization; the mean is of it too).
     """
     x = np.ascontiguousarray(x, np.float32)
-    channels = x.shape[-1]
-    rows = x.reshape(-1, channels)
-    abs_means = np.empty(rows.shape[0], np.float32)
-    if scale is None and shift is None:
-        packed = _pack_rows(rows, words_for(channels), abs_means)
-    else:
-        scale = np.ones(channels, np.float32) if scale is None else scale
-        shift = np.zeros(channels, np.float32) if shift is None else shift
-        packed = _pack_rows_affine(
-            rows,
-            np.ascontiguousarray(scale, np.float32),
-            np.ascontiguousarray(shift, np.float32),
-            words_for(channels),
-            abs_means,
-        )
+    packed, abs_means = _pack(x.reshape(-1, x.shape[-1]), scale, shift)
     packed = packed.reshape(*x.shape[:-1], -1)
     if with_abs_mean:
         return packed, abs_means.reshape(x.shape[:-1])
@@ -147,7 +130,7 @@ def pack_weights(signs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     kernel_h, kernel_w, channels, outputs = signs.shape
     per_output = np.ascontiguousarray(np.transpose(signs, (3, 0, 1, 2)), np.float32)
     flat = per_output.reshape(outputs, kernel_h * kernel_w * channels)
-    rows = _pack_rows(flat, words_for(flat.shape[1]), np.empty(outputs, np.float32))
+    rows, _ = _pack(flat)
     blocks = -(-outputs // OUTPUT_BLOCK)
     padded = np.zeros((blocks * OUTPUT_BLOCK, rows.shape[1]), np.uint64)
     padded[:outputs] = rows
