@@ -95,14 +95,15 @@ def binary_layer_kwargs(
     stochastic_inputs, stochastic_weights = stochastic_targets(stochastic)
     if stochastic and mode != "bnn":
         raise ValueError(
-            f"`stochastic=True` is BNN's binarization and needs mode='bnn'. Received: mode={mode!r}"
+            f"`stochastic={stochastic!r}` is BNN's binarization and needs mode='bnn'. "
+            f"Received: mode={mode!r}"
         )
     if weight_clip is not None and not weight_clip > 0:
         raise ValueError(
             f"`weight_clip` must be positive, or None. Received: weight_clip={weight_clip!r}"
         )
     if seed is not None and not stochastic:
-        raise ValueError("`seed` only applies with stochastic=True.")
+        raise ValueError("`seed` only applies with stochastic binarization (stochastic=...).")
 
     scaled_sign = _quantizer(
         "ScaledSign", per_channel=per_channel, backward=backward, clip_value=clip_value
