@@ -146,3 +146,11 @@ def test_packing_with_a_folded_batch_norm_packs_the_affine_values(rng):
     affine = x * scale + shift
     np.testing.assert_array_equal(packed, bitpack.pack_channels(affine))
     np.testing.assert_allclose(abs_mean, np.abs(affine).mean(-1), rtol=1e-5)
+
+
+def test_weights_in_another_layout_are_refused(rng):
+    packed, tap_sums = bitpack.pack_weights(signs(rng, (3, 3, 8, 6)))
+    x = bitpack.pack_channels(signs(rng, (1, 4, 4, 8)))
+    flat = packed.transpose(0, 2, 1).reshape(-1, packed.shape[1])  # (O, words): not interleaved
+    with pytest.raises(ValueError, match="interleaved.*from pack_weights.*Received: shape"):
+        bitpack.binary_conv2d(x, 8, flat, tap_sums, (3, 3))

@@ -302,6 +302,13 @@ def binary_conv2d(
     """
     _, height, width, _ = x_packed.shape
     outputs = tap_sums.shape[0]
+    # The kernel computes OUTPUT_BLOCK (4) output channels per pass.
+    if w_packed.ndim != 3 or w_packed.shape[2] != OUTPUT_BLOCK or w_packed.shape[0] * 4 < outputs:
+        raise ValueError(
+            "`w_packed` must be the interleaved (ceil(O/4), words, 4) array from "
+            f"pack_weights, for the {outputs} output channels of `tap_sums`. "
+            f"Received: shape {w_packed.shape}"
+        )
     multiplier = np.ones(outputs, np.float32) if multiplier is None else multiplier
     offset = np.zeros(outputs, np.float32) if offset is None else offset
     use_scale_map = scale_map is not None

@@ -251,7 +251,7 @@ def _fold(binary: BinaryLayer, bn_layer) -> bool:
     return True
 
 
-def _fold_before(binary: BinaryLayer, bn_step, bn_layer) -> bool:
+def _fold_before(binary: BinaryLayer, bn_layer) -> bool:
     """Fold the BN computing ``binary``'s input into its packing, if it is affine."""
     affine = _batch_norm_affine(bn_layer)
     if affine is None:
@@ -513,16 +513,15 @@ def compile(
         inputs = _tensor_ids(layer.input)
         if binary is not None:
             # A BN whose only reader is this layer is applied while packing.
-            producer = producers.get(inputs[0])
+            producer_step, producer_layer = producers.get(inputs[0], (None, None))
             if (
-                producer is not None
+                producer_step is not None
                 and inputs[0] not in output_ids
                 and consumers.get(inputs[0]) == [layer]
-                and _fold_before(binary, producer[0], producer[1])
+                and _fold_before(binary, producer_layer)
             ):
-                steps.remove(producer[0])
-                inputs = producer[0].inputs
-        if binary is not None:
+                steps.remove(producer_step)
+                inputs = producer_step.inputs
             following = consumers.get(output_id, [])
             if len(following) == 1 and output_id not in output_ids and _fold(binary, following[0]):
                 skipped.add(following[0].name)

@@ -29,6 +29,8 @@ import time
 LAYERS = {"conv_32x32x128": ((32, 32, 128), 128), "conv_14x14x256": ((14, 14, 256), 256)}
 MODELS = {"small_cnn": (28, 28, 1), "binarynet_vgg": (32, 32, 3)}
 METHODS = ("compiled", "tf_float", "tflite_float", "lce")
+#: Timed calls in a row per method and round at batch 1 (one at the large batch).
+BATCH_1_BLOCK = 5
 
 
 def _layer_models(input_shape, filters):
@@ -117,7 +119,7 @@ def _measure(runners, rounds, block):
 
 def measure(kind, name, float_model, xnor_model, *, repeats, large_repeats, large_batch, threads):
     rows = []
-    for batch_size, rounds, block in ((1, repeats, 5), (large_batch, large_repeats, 1)):
+    for batch_size, rounds, block in ((1, repeats, BATCH_1_BLOCK), (large_batch, large_repeats, 1)):
         seconds = _measure(_runners(float_model, xnor_model, batch_size, threads), rounds, block)
         row = {"kind": kind, "name": name, "batch_size": batch_size}
         if batch_size == 1:
@@ -147,7 +149,10 @@ def main(argv=None):
     parser.add_argument("--models", nargs="*", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--batch-size", type=int, default=64, help="the throughput batch")
     parser.add_argument(
-        "--repeats", type=int, default=4, help="rounds at batch 1 (5 timed calls each)"
+        "--repeats",
+        type=int,
+        default=4,
+        help=f"rounds at batch 1 ({BATCH_1_BLOCK} timed calls each)",
     )
     parser.add_argument(
         "--large-repeats", type=int, default=3, help="rounds at --batch-size (LCE is slow there)"
@@ -182,7 +187,7 @@ def main(argv=None):
             "repeats": args.repeats,
             "large_repeats": args.large_repeats,
             "batch_size": args.batch_size,
-            "batch_1_calls_per_round": 5,
+            "batch_1_calls_per_round": BATCH_1_BLOCK,
         },
         rows=rows,
     )
