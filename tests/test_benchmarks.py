@@ -121,6 +121,10 @@ def test_accuracy_update_reruns_only_the_named_settings(tmp_path):
     budget += ["--batch-size", "32", "--k-seeds", "0", "--json", str(path)]
     accuracy.main([*budget, "--settings", "fp", "bnn", "--output-dir", str(tmp_path / "a")])
     first = json.loads(path.read_text())
+    assert (first["budget"]["width"], first["budget"]["augment"]) == (32, "none")
+    # a file written before width/augment were options merges as width 32, no augmentation
+    del first["budget"]["width"], first["budget"]["augment"]
+    path.write_text(json.dumps(first))
     accuracy.main([*budget, "--settings", "bnn", "--update", "--output-dir", str(tmp_path / "b")])
     second = json.loads(path.read_text())
     assert [r["setting"] for r in second["runs"]] == ["fp", "bnn"]
@@ -130,6 +134,8 @@ def test_accuracy_update_reruns_only_the_named_settings(tmp_path):
     assert second["summary"]["bnn"]["mean"] == second["runs"][1]["test_accuracy"]
     with pytest.raises(SystemExit):  # another budget cannot be merged
         accuracy.main([*budget, "--settings", "bnn", "--update", "--lr", "0.01"])
+    with pytest.raises(SystemExit):
+        accuracy.main([*budget, "--settings", "bnn", "--update", "--width", "16"])
 
     # The longer-budget table is rendered from its own file, with every command.
     from xnor_larq.benchmarks import report
@@ -138,6 +144,7 @@ def test_accuracy_update_reruns_only_the_named_settings(tmp_path):
     path.unlink()
     text = report.render(tmp_path, tmp_path / "RESULTS.md")
     assert "## Longer budget" in text and "## Accuracy on Fashion-MNIST" not in text
+    assert "(width 32)" in text and "augmentation: none" in text
     assert f"- `{first['command']}`" in text and f"- `{second['command']}`" in text
     bnn = second["summary"]["bnn"]["mean"] * 100
     assert f"| BNN | {bnn:.2f}% |" in text

@@ -200,3 +200,25 @@ def test_short_real_fashion_mnist_run_reaches_80_percent(tmp_path):
         verbose=0,
     )
     assert report["test_accuracy"] >= 0.80, report["test_accuracy"]
+
+
+@pytest.mark.parametrize("width", [8, 16])
+def test_width_reaches_the_model(width):
+    config = training.TrainConfig(model="small_cnn", width=width)
+    config.validate()
+    model = training.build_model(config, num_classes=10, input_shape=(28, 28, 1))
+    assert model.get_layer("float_conv").filters == width // 2
+    binary = [layer for layer in model.layers if hasattr(layer, "input_quantizer")]
+    assert binary[0].filters == width and binary[1].filters == 2 * width
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"width": 0}, "--width must be a positive integer. Received: 0"),
+        ({"width": 64, "model": "nin"}, "--width is not an option of model 'nin'"),
+    ],
+)
+def test_width_is_validated(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        training.TrainConfig(**overrides).validate()

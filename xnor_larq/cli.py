@@ -102,6 +102,12 @@ def build_parser():
         help="default: crop_flip for CIFAR, none for the 28x28 sets",
     )
     train.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="channels of the first binary layers (small_cnn: 32, binarynet_vgg: 128 by default)",
+    )
+    train.add_argument(
         "--train-subset", type=int, default=0, help="use only the first N training images (0: all)"
     )
     train.add_argument("--seed", type=int, default=defaults.seed)

@@ -15,6 +15,7 @@ from its last finished epoch and ends with the same number of epochs.
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import os
 import time
@@ -49,6 +50,7 @@ class TrainConfig:
     schedule: str = "cosine"
     weight_clip: float | None = 1.0
     augment: str | None = None
+    width: int | None = None
     train_subset: int = 0
     image_size: int = 224
     seed: int = 0
@@ -105,7 +107,17 @@ class TrainConfig:
             self.weight_clip is None or self.weight_clip > 0,
             f"--weight-clip must be positive. Received: {self.weight_clip!r}",
         )
-        get_builder(self.model)  # unknown model: lists the choices
+        builder = get_builder(self.model)  # unknown model: lists the choices
+        if self.width is not None:
+            check(
+                isinstance(self.width, int) and self.width >= 1,
+                f"--width must be a positive integer. Received: {self.width!r}",
+            )
+            check(
+                "width" in inspect.signature(builder).parameters,
+                f"--width is not an option of model {self.model!r}; the models with a "
+                "width are small_cnn and binarynet_vgg",
+            )
 
 
 def make_strategy(name: str, devices=None) -> tf.distribute.Strategy:
@@ -297,6 +309,8 @@ def build_model(config: TrainConfig, num_classes, input_shape):
             kwargs["weight_clip"] = config.weight_clip
         if config.stochastic:
             kwargs["seed"] = config.seed
+        if config.width is not None:
+            kwargs["width"] = config.width
     model = builder(**kwargs)
     if config.weights and not config.model.startswith("zoo:"):
         model.load_weights(config.weights)

@@ -29,6 +29,7 @@ SETTINGS = {
     "larq_baseline": {"mode": "larq"},
 }
 MULTI_SEED = ("xnor_k", "xnor_no_k")
+BUDGET_DEFAULTS = {"width": 32, "augment": "none"}
 
 
 def run(
@@ -44,6 +45,8 @@ def run(
     schedule="cosine",
     settings=tuple(SETTINGS),
     model="small_cnn",
+    width=None,
+    augment=None,
 ):
     from xnor_larq.training import TrainConfig, train
 
@@ -60,6 +63,8 @@ def run(
                 lr=lr,
                 schedule=schedule,
                 train_subset=train_subset,
+                width=width,
+                augment=augment,
                 output_dir=str(output),
                 **SETTINGS[name],
             )
@@ -107,6 +112,15 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--schedule", default="cosine")
+    parser.add_argument(
+        "--width", type=int, default=32, help="small_cnn's width (channels of its first layers)"
+    )
+    parser.add_argument(
+        "--augment",
+        default="none",
+        choices=["none", "shift"],
+        help="shift: pad by 2 and crop at random (training images only)",
+    )
     parser.add_argument("--output-dir", default="runs/accuracy")
     parser.add_argument("--json", help="write the results to this JSON file")
     parser.add_argument(
@@ -128,11 +142,15 @@ def main(argv=None):
         "schedule": args.schedule,
         "train_subset": args.train_subset,
         "optimizer": "adam",
+        "width": args.width,
+        "augment": args.augment,
     }
     previous = None
     if args.update:
         previous = json.loads(Path(args.json).read_text())
-        if previous.get("budget") != budget:
+        # results written before width/augment were options used these
+        previous_budget = {**BUDGET_DEFAULTS, **previous.get("budget", {})}
+        if previous_budget != budget:
             parser.error(
                 f"--update: {args.json} was measured with budget {previous.get('budget')}, "
                 f"this run's is {budget}; rerun every setting instead"
@@ -148,6 +166,8 @@ def main(argv=None):
         lr=args.lr,
         schedule=args.schedule,
         settings=args.settings,
+        width=args.width,
+        augment="" if args.augment == "none" else args.augment,
     )
     for name, s in summary.items():
         print(f"{name:<16} {s['mean'] * 100:6.2f}% ± {s['std'] * 100:.2f} ({s['seeds']} seeds)")
