@@ -26,7 +26,7 @@ import larq as lq
 import tensorflow as tf
 
 from . import data as data_lib
-from .models import get_builder
+from .models import BUILDERS, get_builder
 
 STRATEGIES = ("mirrored", "multi-worker", "one-device")
 OPTIMIZERS = ("adam", "sgd", "bop", "shift_adamax", "adamax")
@@ -68,7 +68,7 @@ class TrainConfig:
             if not ok:
                 raise ValueError(message)
 
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size") + (("width",) if self.width is not None else ()):
             value = getattr(self, name)
             check(
                 isinstance(value, int) and value >= 1,
@@ -108,16 +108,16 @@ class TrainConfig:
             f"--weight-clip must be positive. Received: {self.weight_clip!r}",
         )
         builder = get_builder(self.model)  # unknown model: lists the choices
-        if self.width is not None:
-            check(
-                isinstance(self.width, int) and self.width >= 1,
-                f"--width must be a positive integer. Received: {self.width!r}",
-            )
-            check(
-                "width" in inspect.signature(builder).parameters,
+        if self.width is not None and not _takes_width(builder):
+            with_width = [n for n, b in BUILDERS.items() if _takes_width(b)]
+            raise ValueError(
                 f"--width is not an option of model {self.model!r}; the models with a "
-                "width are small_cnn and binarynet_vgg",
+                f"width are {', '.join(with_width)}"
             )
+
+
+def _takes_width(builder) -> bool:
+    return "width" in inspect.signature(builder).parameters
 
 
 def make_strategy(name: str, devices=None) -> tf.distribute.Strategy:

@@ -142,14 +142,16 @@ TUNING_RUNS = {
 def _accuracy_section(accuracy, title):
     if not accuracy:
         return []
-    b = accuracy["budget"]
+    from xnor_larq.benchmarks.accuracy import BUDGET_DEFAULTS
+
+    b = {**BUDGET_DEFAULTS, **accuracy["budget"]}
     commands = [*accuracy.get("earlier_commands", []), accuracy["command"]]
     out = [
         f"## {title}",
         "",
-        f"Model `{b['model']}` (width {b.get('width', 32)}), {b['epochs']} epochs, batch "
+        f"Model `{b['model']}` (width {b['width']}), {b['epochs']} epochs, batch "
         f"{b['batch_size']}, {b['optimizer']} lr {b['lr']} ({b['schedule']}), augmentation: "
-        f"{b.get('augment', 'none')}, training images: {b['train_subset'] or 'all 60000'}. "
+        f"{b['augment']}, training images: {b['train_subset'] or 'all 60000'}. "
         f"Machine: {_machine(accuracy)}.",
         "",
         *(
