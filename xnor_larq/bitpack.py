@@ -174,28 +174,39 @@ def _binary_conv2d(
     for row in prange(batch * out_h):
         n = row // out_h
         oh = row % out_h
-        patches = np.zeros((out_w, words), np.uint64)
+        patches = np.empty((out_w, words), np.uint64)
         padded = np.zeros((out_w, taps), np.bool_)
         any_padded = np.zeros(out_w, np.bool_)
         for ow in range(out_w):
+            # Append the taps' bits to the field's bit string in order, a word
+            # at a time in a register (each patch word is stored once).
+            current = np.uint64(0)
+            filled = 0
+            index = 0
             for kh in range(kernel_h):
                 ih = oh * stride_h - pad_top + kh * dilation_h
                 for kw in range(kernel_w):
                     iw = ow * stride_w - pad_left + kw * dilation_w
-                    tap = kh * kernel_w + kw
-                    if ih < 0 or ih >= height or iw < 0 or iw >= width:
-                        padded[ow, tap] = True
+                    outside = ih < 0 or ih >= height or iw < 0 or iw >= width
+                    if outside:
+                        padded[ow, kh * kernel_w + kw] = True
                         any_padded[ow] = True
-                        continue
-                    start = tap * channels
                     for j in range(in_words):
-                        bit = start + j * 64
-                        index = bit // 64
-                        shift = np.uint64(bit % 64)
-                        value = x_packed[n, ih, iw, j]
-                        patches[ow, index] |= value << shift
-                        if shift != 0 and index + 1 < words:
-                            patches[ow, index + 1] |= value >> (np.uint64(64) - shift)
+                        # a padded tap is gathered as +1 (clear bits)
+                        value = np.uint64(0) if outside else x_packed[n, ih, iw, j]
+                        bits = min(64, channels - j * 64)
+                        current |= value << np.uint64(filled)
+                        filled += bits
+                        if filled >= 64:
+                            patches[ow, index] = current
+                            index += 1
+                            filled -= 64
+                            # the value's bits that did not fit (none if it ended the word)
+                            current = (
+                                value >> np.uint64(bits - filled) if filled > 0 else np.uint64(0)
+                            )
+            if filled > 0:
+                patches[ow, index] = current
         # Padding correction of each output channel for the current pixel's set of
         # padded taps; recomputed only where that set changes (near the borders).
         correction = np.zeros(blocks * 4, np.int32)
