@@ -136,6 +136,8 @@ def _inference_section(fast):
 TUNING_RUNS = {
     "accuracy_long": "Longer budget (tuning toward the 92% goal)",
     "accuracy_wide": "Wider model (tuning toward the 92% goal)",
+    "accuracy_lr_probe": "Learning-rate probe (width 32, 3 epochs: compare with the first table)",
+    "accuracy_tuned": "Wider model, higher learning rate (tuning toward the 92% goal)",
 }
 
 
