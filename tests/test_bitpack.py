@@ -130,9 +130,10 @@ def test_valid_convolution_larger_than_input_is_refused(rng):
     [((3, 3), (1, 1), (1, 1), "same"), ((7, 7), (2, 2), (1, 1), "same"),
      ((5, 3), (2, 1), (1, 1), "valid"), ((3, 3), (1, 1), (2, 2), "same")],
 )  # fmt: skip
-def test_float_conv_matches_tensorflow(rng, kernel, strides, dilation, padding):
+@pytest.mark.parametrize("outputs", [6, 40])  # the direct loop pads them to 32 and 64
+def test_float_conv_matches_tensorflow(rng, kernel, strides, dilation, padding, outputs):
     x = rng.normal(size=(2, 11, 9, 3)).astype("float32")
-    weights = rng.normal(size=(*kernel, 3, 6)).astype("float32")
+    weights = rng.normal(size=(*kernel, 3, outputs)).astype("float32")
     got = bitpack.float_conv2d(x, weights, strides=strides, dilation_rate=dilation, padding=padding)
     expected = tf.nn.conv2d(x, weights, strides, padding.upper(), dilations=dilation).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

@@ -444,15 +444,17 @@ def _im2col(x, kernel_h, kernel_w, stride_h, stride_w, dil_h, dil_w, top, left, 
 
 
 @numba.njit(parallel=True, **_JIT)
-def _direct_conv(x, kernel, kernel_h, kernel_w, stride_h, stride_w, dil_h, dil_w, top, left,
-                 out_h, out_w):  # fmt: skip
+def _direct_conv(x, kernel, outputs, kernel_h, kernel_w, stride_h, stride_w, dil_h, dil_w, top,
+                 left, out_h, out_w):  # fmt: skip
+    # kernel: (kh, kw, C, lanes), the outputs zero-padded to a multiple of
+    # DIRECT_CONV_LANES so that the compiler's vector loop covers all of them
     batch, height, width, channels = x.shape
-    outputs = kernel.shape[-1]
+    lanes = kernel.shape[-1]
     out = np.empty((batch, out_h, out_w, outputs), np.float32)
     for row in prange(batch * out_h):
         n = row // out_h
         oh = row % out_h
-        total = np.zeros((out_w, outputs), np.float32)
+        total = np.zeros((out_w, lanes), np.float32)
         for kh in range(kernel_h):
             ih = oh * stride_h - top + kh * dil_h
             if ih < 0 or ih >= height:
@@ -464,15 +466,19 @@ def _direct_conv(x, kernel, kernel_h, kernel_w, stride_h, stride_w, dil_h, dil_w
                         if iw < 0 or iw >= width:
                             continue
                         value = x[n, ih, iw, c]
-                        for o in range(outputs):  # vectorized over output channels
+                        for o in range(lanes):  # vectorized over output channels
                             total[ow, o] += value * kernel[kh, kw, c, o]
-        out[n, oh] = total
+        out[n, oh] = total[:, :outputs]
     return out
 
 
 #: Below this many multiply-adds per output value (kh·kw·C_in) a float conv
 #: runs as a direct loop; a matrix product that thin wastes BLAS.
 DIRECT_CONV_DEPTH = 32
+#: The direct loop's output channels are padded to a multiple of this: the
+#: compiler vectorizes it 32 floats (4 AVX2 registers) at a time and runs any
+#: rest one by one (16 real outputs: 1.9× slower than 32 padded, measured).
+DIRECT_CONV_LANES = 32
 
 
 def float_conv2d(x, kernel, *, strides=(1, 1), dilation_rate=(1, 1), padding="valid"):
@@ -481,11 +487,10 @@ def float_conv2d(x, kernel, *, strides=(1, 1), dilation_rate=(1, 1), padding="va
     kernel_h, kernel_w, _, outputs = kernel.shape
     window = _window(height, width, (kernel_h, kernel_w), strides, dilation_rate, padding)
     if kernel_h * kernel_w * channels < DIRECT_CONV_DEPTH:
-        return _direct_conv(
-            np.ascontiguousarray(x, np.float32),
-            np.ascontiguousarray(kernel, np.float32),
-            *window,
-        )
+        lanes = -(-outputs // DIRECT_CONV_LANES) * DIRECT_CONV_LANES
+        padded = np.zeros((kernel_h, kernel_w, channels, lanes), np.float32)
+        padded[..., :outputs] = kernel
+        return _direct_conv(np.ascontiguousarray(x, np.float32), padded, outputs, *window)
     columns = _im2col(np.ascontiguousarray(x, np.float32), *window)
     out_h, out_w = window[-2:]
     out = columns @ kernel.reshape(-1, outputs)
