@@ -139,6 +139,22 @@ def test_float_conv_matches_tensorflow(rng, kernel, strides, dilation, padding, 
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("channels", [1, 8])  # the direct loop, and im2col + BLAS
+def test_prepared_float_conv_is_reusable_across_input_sizes(rng, channels):
+    weights = rng.normal(size=(3, 3, channels, 5)).astype("float32")
+    conv = bitpack.FloatConv2D(weights, strides=(2, 2), padding="same")
+    assert conv.direct == (channels == 1)
+    for height, width in [(9, 7), (12, 12)]:
+        x = rng.normal(size=(2, height, width, channels)).astype("float32")
+        expected = tf.nn.conv2d(x, weights, (2, 2), "SAME").numpy()
+        np.testing.assert_allclose(conv(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_float_conv_refuses_a_kernel_that_is_not_4d(rng):
+    with pytest.raises(ValueError, match=r"`kernel` must be .* Received: shape \(3, 3, 4\)"):
+        bitpack.FloatConv2D(rng.normal(size=(3, 3, 4)))
+
+
 def test_packing_with_a_folded_batch_norm_packs_the_affine_values(rng):
     x = rng.normal(size=(2, 5, 70)).astype("float32")
     scale = rng.normal(size=70).astype("float32")

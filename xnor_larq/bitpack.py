@@ -32,6 +32,7 @@ except ImportError as error:  # pragma: no cover - exercised without the extra
 
 __all__ = [
     "WORD_BITS",
+    "FloatConv2D",
     "binary_conv2d",
     "input_scaling_map",
     "max_pool2d",
@@ -481,17 +482,46 @@ DIRECT_CONV_DEPTH = 32
 DIRECT_CONV_LANES = 32
 
 
+class FloatConv2D:
+    """A float convolution with its kernel prepared once, for repeated calls.
+
+    Thin convolutions (fewer than :data:`DIRECT_CONV_DEPTH` multiply-adds per
+    output value) run as a direct compiled loop over a kernel whose outputs are
+    zero-padded to a multiple of :data:`DIRECT_CONV_LANES`; the rest as im2col
+    plus one BLAS product.
+    """
+
+    def __init__(self, kernel, *, strides=(1, 1), dilation_rate=(1, 1), padding="valid"):
+        kernel = np.asarray(kernel, np.float32)
+        if kernel.ndim != 4:
+            raise ValueError(
+                f"`kernel` must be (kernel_h, kernel_w, in_channels, out_channels). "
+                f"Received: shape {kernel.shape}"
+            )
+        self.kernel_size = kernel.shape[:2]
+        self.outputs = kernel.shape[3]
+        self.strides, self.dilation_rate, self.padding = strides, dilation_rate, padding
+        self.direct = kernel.shape[0] * kernel.shape[1] * kernel.shape[2] < DIRECT_CONV_DEPTH
+        if self.direct:
+            lanes = -(-self.outputs // DIRECT_CONV_LANES) * DIRECT_CONV_LANES
+            self.kernel = np.zeros((*kernel.shape[:3], lanes), np.float32)
+            self.kernel[..., : self.outputs] = kernel
+        else:
+            self.kernel = np.ascontiguousarray(kernel.reshape(-1, self.outputs))
+
+    def __call__(self, x):
+        x = np.ascontiguousarray(x, np.float32)
+        batch, height, width, _ = x.shape
+        window = _window(
+            height, width, self.kernel_size, self.strides, self.dilation_rate, self.padding
+        )
+        if self.direct:
+            return _direct_conv(x, self.kernel, self.outputs, *window)
+        out_h, out_w = window[-2:]
+        out = _im2col(x, *window) @ self.kernel
+        return out.reshape(batch, out_h, out_w, self.outputs)
+
+
 def float_conv2d(x, kernel, *, strides=(1, 1), dilation_rate=(1, 1), padding="valid"):
-    """A float convolution: a direct compiled loop when thin, else im2col + one BLAS product."""
-    batch, height, width, channels = x.shape
-    kernel_h, kernel_w, _, outputs = kernel.shape
-    window = _window(height, width, (kernel_h, kernel_w), strides, dilation_rate, padding)
-    if kernel_h * kernel_w * channels < DIRECT_CONV_DEPTH:
-        lanes = -(-outputs // DIRECT_CONV_LANES) * DIRECT_CONV_LANES
-        padded = np.zeros((kernel_h, kernel_w, channels, lanes), np.float32)
-        padded[..., :outputs] = kernel
-        return _direct_conv(np.ascontiguousarray(x, np.float32), padded, outputs, *window)
-    columns = _im2col(np.ascontiguousarray(x, np.float32), *window)
-    out_h, out_w = window[-2:]
-    out = columns @ kernel.reshape(-1, outputs)
-    return out.reshape(batch, out_h, out_w, outputs)
+    """One float convolution (:class:`FloatConv2D`; build that once for repeated calls)."""
+    return FloatConv2D(kernel, strides=strides, dilation_rate=dilation_rate, padding=padding)(x)

@@ -332,17 +332,17 @@ def _dense_op(layer):
 def _conv_op(layer):
     if layer.data_format != "channels_last" or getattr(layer, "groups", 1) != 1:
         return lambda x: _as_numpy(layer(x, training=False))
-    kernel = np.asarray(layer.kernel, np.float32)
-    bias = np.asarray(layer.bias, np.float32) if layer.use_bias else None
-    geometry = dict(
+    conv = _bitpack().FloatConv2D(
+        np.asarray(layer.kernel, np.float32),
         strides=tuple(layer.strides),
         dilation_rate=tuple(layer.dilation_rate),
         padding=layer.padding,
     )
+    bias = np.asarray(layer.bias, np.float32) if layer.use_bias else None
     activation = _activation_op(layer.activation)
 
     def run(x):
-        out = _bitpack().float_conv2d(x, kernel, **geometry)
+        out = conv(x)
         if bias is not None:
             out = out + bias
         return activation(out)
