@@ -122,8 +122,9 @@ def test_accuracy_update_reruns_only_the_named_settings(tmp_path):
     accuracy.main([*budget, "--settings", "fp", "bnn", "--output-dir", str(tmp_path / "a")])
     first = json.loads(path.read_text())
     assert (first["budget"]["width"], first["budget"]["augment"]) == (32, "none")
-    # a file written before width/augment were options merges as width 32, no augmentation
-    del first["budget"]["width"], first["budget"]["augment"]
+    # a file written before these were options merges as width 32, no augmentation, ...
+    for option in ("width", "augment", "weight_clip", "bn_momentum"):
+        del first["budget"][option]
     path.write_text(json.dumps(first))
     accuracy.main([*budget, "--settings", "bnn", "--update", "--output-dir", str(tmp_path / "b")])
     second = json.loads(path.read_text())
@@ -134,8 +135,9 @@ def test_accuracy_update_reruns_only_the_named_settings(tmp_path):
     assert second["summary"]["bnn"]["mean"] == second["runs"][1]["test_accuracy"]
     with pytest.raises(SystemExit):  # another budget cannot be merged
         accuracy.main([*budget, "--settings", "bnn", "--update", "--lr", "0.01"])
-    with pytest.raises(SystemExit):
-        accuracy.main([*budget, "--settings", "bnn", "--update", "--width", "16"])
+    for other in (["--width", "16"], ["--bn-momentum", "0.99"], ["--weight-clip", "2"]):
+        with pytest.raises(SystemExit):
+            accuracy.main([*budget, "--settings", "bnn", "--update", *other])
 
     # The longer-budget table is rendered from its own file, with every command.
     from xnor_larq.benchmarks import report
@@ -148,6 +150,31 @@ def test_accuracy_update_reruns_only_the_named_settings(tmp_path):
     assert f"- `{first['command']}`" in text and f"- `{second['command']}`" in text
     bnn = second["summary"]["bnn"]["mean"] * 100
     assert f"| BNN | {bnn:.2f}% |" in text
+
+
+def test_probe_table_lists_what_each_probe_changed(tmp_path):
+    from xnor_larq.benchmarks import report
+
+    def result(budget, accuracy, command):
+        run = {"setting": "xnor_k", "seed": 0, "test_accuracy": accuracy}
+        return {
+            "budget": budget,
+            "command": command,
+            "runs": [run | {"val_accuracy_per_epoch": [0.5, accuracy]}],
+        }
+
+    reference = result({"lr": 0.001, "epochs": 3}, 0.8, "first")
+    probes = {"probe_b.json": ({"lr": 0.003, "epochs": 3, "bn_momentum": 0.99}, 0.85, "b")}
+    probes["probe_a.json"] = ({"lr": 0.003, "epochs": 3}, 0.875, "a")
+    for name, args in probes.items():
+        (tmp_path / name).write_text(json.dumps(result(*args)))
+    rows = [line for line in report._probe_section(tmp_path, reference) if line.startswith("| ")]
+    assert rows[1:] == [
+        "| none | 80.00% | 1 | 50.00, 80.00 (seed 0) | `first` |",
+        "| lr 0.003 | 87.50% | 1 | 50.00, 87.50 (seed 0) | `a` |",
+        "| lr 0.003, bn momentum 0.99 | 85.00% | 1 | 50.00, 85.00 (seed 0) | `b` |",
+    ]
+    assert report._probe_section(tmp_path / "none", reference) == []
 
 
 def test_inference_bench_writes_json_and_its_table(tmp_path):

@@ -212,13 +212,24 @@ def test_width_reaches_the_model(width):
     assert binary[0].filters == width and binary[1].filters == 2 * width
 
 
+@pytest.mark.parametrize("model", ["small_cnn", "nin"])
+def test_bn_momentum_reaches_every_batch_norm(model):
+    config = training.TrainConfig(model=model, bn_momentum=0.99)
+    config.validate()
+    built = training.build_model(config, num_classes=10, input_shape=(28, 28, 1))
+    norms = [layer for layer in built.layers if "BatchNormalization" in type(layer).__name__]
+    assert norms and all(layer.momentum == pytest.approx(0.99) for layer in norms)
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
         ({"width": 0}, "--width must be a positive integer. Received: 0"),
         ({"width": 64, "model": "nin"}, "--width is not an option of model 'nin'"),
+        ({"bn_momentum": 1.0}, r"--bn-momentum must be in \[0, 1\). Received: 1.0"),
+        ({"bn_momentum": 0.99, "model": "zoo:XNORNet"}, "--bn-momentum is not an option"),
     ],
 )
-def test_width_is_validated(overrides, message):
+def test_width_and_bn_momentum_are_validated(overrides, message):
     with pytest.raises(ValueError, match=message):
         training.TrainConfig(**overrides).validate()

@@ -108,6 +108,12 @@ def build_parser():
         help="channels of the first binary layers (small_cnn: 32, binarynet_vgg: 128 by default)",
     )
     train.add_argument(
+        "--bn-momentum",
+        type=float,
+        default=None,
+        help="momentum of every BatchNormalization (our builders' default: 0.9)",
+    )
+    train.add_argument(
         "--train-subset", type=int, default=0, help="use only the first N training images (0: all)"
     )
     train.add_argument("--seed", type=int, default=defaults.seed)

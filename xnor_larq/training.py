@@ -49,6 +49,7 @@ class TrainConfig:
     batch_norm: str = "standard"
     schedule: str = "cosine"
     weight_clip: float | None = 1.0
+    bn_momentum: float | None = None
     augment: str | None = None
     width: int | None = None
     train_subset: int = 0
@@ -107,17 +108,23 @@ class TrainConfig:
             self.weight_clip is None or self.weight_clip > 0,
             f"--weight-clip must be positive. Received: {self.weight_clip!r}",
         )
+        check(
+            self.bn_momentum is None or 0 <= self.bn_momentum < 1,
+            f"--bn-momentum must be in [0, 1). Received: {self.bn_momentum!r}",
+        )
         builder = get_builder(self.model)  # unknown model: lists the choices
-        if self.width is not None and not _takes_width(builder):
-            with_width = [n for n, b in BUILDERS.items() if _takes_width(b)]
-            raise ValueError(
-                f"--width is not an option of model {self.model!r}; the models with a "
-                f"width are {', '.join(with_width)}"
-            )
+        for option in ("width", "bn_momentum"):
+            if getattr(self, option) is not None and not _takes(builder, option):
+                with_it = [n for n, b in BUILDERS.items() if _takes(b, option)]
+                flag = "--" + option.replace("_", "-")
+                raise ValueError(
+                    f"{flag} is not an option of model {self.model!r}; the models that "
+                    f"take it are {', '.join(with_it)}"
+                )
 
 
-def _takes_width(builder) -> bool:
-    return "width" in inspect.signature(builder).parameters
+def _takes(builder, option) -> bool:
+    return option in inspect.signature(builder).parameters
 
 
 def make_strategy(name: str, devices=None) -> tf.distribute.Strategy:
@@ -311,6 +318,8 @@ def build_model(config: TrainConfig, num_classes, input_shape):
             kwargs["seed"] = config.seed
         if config.width is not None:
             kwargs["width"] = config.width
+        if config.bn_momentum is not None:
+            kwargs["bn_momentum"] = config.bn_momentum
     model = builder(**kwargs)
     if config.weights and not config.model.startswith("zoo:"):
         model.load_weights(config.weights)

@@ -29,7 +29,8 @@ SETTINGS = {
     "larq_baseline": {"mode": "larq"},
 }
 MULTI_SEED = ("xnor_k", "xnor_no_k")
-BUDGET_DEFAULTS = {"width": 32, "augment": "none"}
+#: budget entries that results written before they were options were measured with
+BUDGET_DEFAULTS = {"width": 32, "augment": "none", "weight_clip": 1.0, "bn_momentum": 0.9}
 
 
 def run(
@@ -47,6 +48,8 @@ def run(
     model="small_cnn",
     width=None,
     augment=None,
+    weight_clip=1.0,
+    bn_momentum=None,
 ):
     from xnor_larq.training import TrainConfig, train
 
@@ -65,6 +68,8 @@ def run(
                 train_subset=train_subset,
                 width=width,
                 augment=augment,
+                weight_clip=weight_clip,
+                bn_momentum=bn_momentum,
                 output_dir=str(output),
                 **SETTINGS[name],
             )
@@ -121,6 +126,15 @@ def main(argv=None):
         choices=["none", "shift"],
         help="shift: pad by 2 and crop at random (training images only)",
     )
+    parser.add_argument(
+        "--weight-clip",
+        type=float,
+        default=1.0,
+        help="clip latent binary weights to [-v, v] (Larq's baseline always clips at 1)",
+    )
+    parser.add_argument(
+        "--bn-momentum", type=float, default=0.9, help="momentum of every BatchNormalization"
+    )
     parser.add_argument("--output-dir", default="runs/accuracy")
     parser.add_argument("--json", help="write the results to this JSON file")
     parser.add_argument(
@@ -144,6 +158,8 @@ def main(argv=None):
         "optimizer": "adam",
         "width": args.width,
         "augment": args.augment,
+        "weight_clip": args.weight_clip,
+        "bn_momentum": args.bn_momentum,
     }
     previous = None
     if args.update:
@@ -168,6 +184,8 @@ def main(argv=None):
         settings=args.settings,
         width=args.width,
         augment="" if args.augment == "none" else args.augment,
+        weight_clip=args.weight_clip,
+        bn_momentum=args.bn_momentum,
     )
     for name, s in summary.items():
         print(f"{name:<16} {s['mean'] * 100:6.2f}% ± {s['std'] * 100:.2f} ({s['seeds']} seeds)")
