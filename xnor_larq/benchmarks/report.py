@@ -205,10 +205,11 @@ def _probe_section(results_dir, reference):
         return []
     base = {**reference["budget"], **_missing(reference["budget"])}
     out = [
-        "## Tuning probes (one change at a time from the first table's budget)",
+        "## Tuning probes (short runs, against the first table's budget)",
         "",
-        "XNOR-Net with K, short runs to pick what to spend full runs on. The first row is "
-        "the first table's XNOR-Net (K on) result.",
+        "XNOR-Net with K, in short runs to pick what to spend full runs on; each row says "
+        "what its budget changed from the first table's. The first row is the first "
+        "table's XNOR-Net (K on) result.",
         "",
         "| changes | XNOR-Net (K on) | seeds | validation accuracy per epoch | command |",
         "|---|---|---|---|---|",
