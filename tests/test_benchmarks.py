@@ -152,6 +152,20 @@ def test_accuracy_update_reruns_only_the_named_settings(tmp_path):
     assert f"| BNN | {bnn:.2f}% |" in text
 
 
+def test_accuracy_bench_records_weight_clip_none_and_bn_momentum(tmp_path):
+    from xnor_larq.benchmarks import accuracy
+
+    path = tmp_path / "probe.json"
+    budget = ["--dataset", "synthetic", "--epochs", "1", "--train-subset", "32"]
+    budget += ["--batch-size", "32", "--k-seeds", "0", "--settings", "xnor_k"]
+    budget += ["--weight-clip", "none", "--bn-momentum", "0.5", "--json", str(path)]
+    accuracy.main([*budget, "--output-dir", str(tmp_path / "runs")])
+    recorded = json.loads(path.read_text())["budget"]
+    assert (recorded["weight_clip"], recorded["bn_momentum"]) == (None, 0.5)
+    config = json.loads((tmp_path / "runs" / "xnor_k-seed0" / "config.json").read_text())
+    assert (config["weight_clip"], config["bn_momentum"]) == (None, 0.5)
+
+
 def test_probe_table_lists_what_each_probe_changed(tmp_path):
     from xnor_larq.benchmarks import report
 

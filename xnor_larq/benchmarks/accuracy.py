@@ -128,9 +128,9 @@ def main(argv=None):
     )
     parser.add_argument(
         "--weight-clip",
-        type=float,
+        type=lambda text: None if text.lower() == "none" else float(text),
         default=1.0,
-        help="clip latent binary weights to [-v, v] (Larq's baseline always clips at 1)",
+        help="clip latent binary weights to [-v, v], or none (Larq's baseline always clips at 1)",
     )
     parser.add_argument(
         "--bn-momentum", type=float, default=0.9, help="momentum of every BatchNormalization"
