@@ -178,15 +178,16 @@ def test_probe_table_lists_what_each_probe_changed(tmp_path):
         }
 
     reference = result({"lr": 0.001, "epochs": 3}, 0.8, "first")
+    reference["runs"].append({"setting": "fp", "seed": 0, "test_accuracy": 0.9})
     probes = {"probe_b.json": ({"lr": 0.003, "epochs": 3, "bn_momentum": 0.99}, 0.85, "b")}
     probes["probe_a.json"] = ({"lr": 0.003, "epochs": 3}, 0.875, "a")
     for name, args in probes.items():
         (tmp_path / name).write_text(json.dumps(result(*args)))
     rows = [line for line in report._probe_section(tmp_path, reference) if line.startswith("| ")]
     assert rows[1:] == [
-        "| none | 80.00% | 1 | 50.00, 80.00 (seed 0) | `first` |",
-        "| lr 0.003 | 87.50% | 1 | 50.00, 87.50 (seed 0) | `a` |",
-        "| lr 0.003, bn momentum 0.99 | 85.00% | 1 | 50.00, 85.00 (seed 0) | `b` |",
+        "| none | 80.00% | 1 | 90.00% | +10.00 | 50.00, 80.00 (seed 0) | `first` |",
+        "| lr 0.003 | 87.50% | 1 | – | – | 50.00, 87.50 (seed 0) | `a` |",
+        "| lr 0.003, bn momentum 0.99 | 85.00% | 1 | – | – | 50.00, 85.00 (seed 0) | `b` |",
     ]
     assert report._probe_section(tmp_path / "none", reference) == []
 

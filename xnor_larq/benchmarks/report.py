@@ -207,12 +207,13 @@ def _probe_section(results_dir, reference):
     out = [
         "## Tuning probes (short runs, against the first table's budget)",
         "",
-        "XNOR-Net with K, in short runs to pick what to spend full runs on; each row says "
-        "what its budget changed from the first table's. The first row is the first "
-        "table's XNOR-Net (K on) result.",
+        "XNOR-Net with K (and, where run, its full-precision twin), in short runs to pick "
+        "what to spend full runs on; each row says what its budget changed from the first "
+        "table's. The first row is the first table's result.",
         "",
-        "| changes | XNOR-Net (K on) | seeds | validation accuracy per epoch | command |",
-        "|---|---|---|---|---|",
+        "| changes | XNOR-Net (K on) | seeds | full precision | gap | "
+        "XNOR's validation accuracy per epoch | command |",
+        "|---|---|---|---|---|---|---|",
     ]
     rows = [("none", reference)] + [
         (
@@ -231,10 +232,13 @@ def _probe_section(results_dir, reference):
         if not runs:
             continue
         mean = statistics.mean(r["test_accuracy"] for r in runs) * 100
+        fp = [r["test_accuracy"] * 100 for r in result["runs"] if r["setting"] == "fp"]
+        fp_mean = f"{statistics.mean(fp):.2f}%" if fp else "–"
+        gap = f"{statistics.mean(fp) - mean:+.2f}" if fp else "–"
         curve = ", ".join(f"{v * 100:.2f}" for v in runs[0]["val_accuracy_per_epoch"])
         out.append(
-            f"| {changes} | {mean:.2f}% | {len(runs)} | {curve} (seed {runs[0]['seed']}) | "
-            f"`{runs[0].get('command', result['command'])}` |"
+            f"| {changes} | {mean:.2f}% | {len(runs)} | {fp_mean} | {gap} | "
+            f"{curve} (seed {runs[0]['seed']}) | `{runs[0].get('command', result['command'])}` |"
         )
     return out + [""]
 
