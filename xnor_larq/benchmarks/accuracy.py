@@ -33,6 +33,11 @@ MULTI_SEED = ("xnor_k", "xnor_no_k")
 BUDGET_DEFAULTS = {"width": 32, "augment": "none", "weight_clip": 1.0, "bn_momentum": 0.9}
 
 
+def full_budget(budget: dict) -> dict:
+    """``budget`` with the entries an older result file lacks, at the values it ran with."""
+    return {**budget, **{k: v for k, v in BUDGET_DEFAULTS.items() if k not in budget}}
+
+
 def run(
     *,
     epochs,
@@ -105,6 +110,8 @@ def summarize(runs):
 
 
 def main(argv=None):
+    from xnor_larq.cli import _optional_float
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -128,7 +135,7 @@ def main(argv=None):
     )
     parser.add_argument(
         "--weight-clip",
-        type=lambda text: None if text.lower() == "none" else float(text),
+        type=_optional_float,
         default=1.0,
         help="clip latent binary weights to [-v, v], or none (Larq's baseline always clips at 1)",
     )
@@ -165,7 +172,7 @@ def main(argv=None):
     if args.update:
         previous = json.loads(Path(args.json).read_text())
         # results written before width/augment were options used these
-        previous_budget = {**BUDGET_DEFAULTS, **previous.get("budget", {})}
+        previous_budget = full_budget(previous.get("budget", {}))
         if previous_budget != budget:
             parser.error(
                 f"--update: {args.json} was measured with budget {previous.get('budget')}, "

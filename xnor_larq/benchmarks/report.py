@@ -144,9 +144,9 @@ TUNING_RUNS = {
 def _accuracy_section(accuracy, title):
     if not accuracy:
         return []
-    from xnor_larq.benchmarks.accuracy import BUDGET_DEFAULTS
+    from xnor_larq.benchmarks.accuracy import full_budget
 
-    b = {**BUDGET_DEFAULTS, **accuracy["budget"]}
+    b = full_budget(accuracy["budget"])
     commands = [*accuracy.get("earlier_commands", []), accuracy["command"]]
     out = [
         f"## {title}",
@@ -191,19 +191,14 @@ def _accuracy_section(accuracy, title):
     return out + [""]
 
 
-def _missing(budget):
-    """The budget entries an older result file lacks, at the values it was measured with."""
-    from xnor_larq.benchmarks.accuracy import BUDGET_DEFAULTS
-
-    return {key: value for key, value in BUDGET_DEFAULTS.items() if key not in budget}
-
-
 def _probe_section(results_dir, reference):
     """A row per ``probe_*.json``: what it changed from ``reference``'s budget; XNOR's result."""
     probes = [json.loads(p.read_text()) for p in sorted(Path(results_dir).glob("probe_*.json"))]
     if not probes or not reference:
         return []
-    base = {**reference["budget"], **_missing(reference["budget"])}
+    from xnor_larq.benchmarks.accuracy import full_budget
+
+    base = full_budget(reference["budget"])
     out = [
         "## Tuning probes (short runs, against the first table's budget)",
         "",
@@ -219,7 +214,7 @@ def _probe_section(results_dir, reference):
         (
             ", ".join(
                 f"{key.replace('_', ' ')} {value}"
-                for key, value in {**probe["budget"], **_missing(probe["budget"])}.items()
+                for key, value in full_budget(probe["budget"]).items()
                 if base.get(key) != value
             )
             or "none",
