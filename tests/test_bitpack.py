@@ -150,9 +150,14 @@ def test_prepared_float_conv_is_reusable_across_input_sizes(rng, channels):
         np.testing.assert_allclose(conv(x), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_float_conv_refuses_a_kernel_that_is_not_4d(rng):
+def test_float_conv_refuses_bad_kernels_padding_and_inputs(rng):
     with pytest.raises(ValueError, match=r"`kernel` must be .* Received: shape \(3, 3, 4\)"):
         bitpack.FloatConv2D(rng.normal(size=(3, 3, 4)))
+    with pytest.raises(ValueError, match="padding='full'"):
+        bitpack.FloatConv2D(rng.normal(size=(3, 3, 4, 2)), padding="full")
+    conv = bitpack.FloatConv2D(rng.normal(size=(3, 3, 4, 2)))
+    with pytest.raises(ValueError, match=r"\(batch, height, width, 4\).*shape \(1, 5, 5, 3\)"):
+        conv(np.zeros((1, 5, 5, 3), np.float32))
 
 
 def test_packing_with_a_folded_batch_norm_packs_the_affine_values(rng):

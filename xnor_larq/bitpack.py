@@ -498,8 +498,9 @@ class FloatConv2D:
                 f"`kernel` must be (kernel_h, kernel_w, in_channels, out_channels). "
                 f"Received: shape {kernel.shape}"
             )
-        self.kernel_size = kernel.shape[:2]
-        self.outputs = kernel.shape[3]
+        if padding not in ("same", "valid"):
+            raise ValueError(f"`padding` must be 'same' or 'valid'. Received: padding={padding!r}")
+        self.kernel_size, self.channels, self.outputs = kernel.shape[:2], *kernel.shape[2:]
         self.strides, self.dilation_rate, self.padding = strides, dilation_rate, padding
         self.direct = kernel.shape[0] * kernel.shape[1] * kernel.shape[2] < DIRECT_CONV_DEPTH
         if self.direct:
@@ -511,6 +512,12 @@ class FloatConv2D:
 
     def __call__(self, x):
         x = np.ascontiguousarray(x, np.float32)
+        if x.ndim != 4 or x.shape[3] != self.channels:
+            # the compiled loops do not bounds-check: a mismatch would read past the arrays
+            raise ValueError(
+                f"the input must be (batch, height, width, {self.channels}) for this kernel. "
+                f"Received: shape {x.shape}"
+            )
         batch, height, width, _ = x.shape
         window = _window(
             height, width, self.kernel_size, self.strides, self.dilation_rate, self.padding
