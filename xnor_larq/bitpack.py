@@ -11,7 +11,8 @@ output channel's weight bit string laid out the same way. Padding taps are
 gathered as +1 and corrected exactly afterwards with the per-tap sum of the
 weights, so zero padding and Larq's ±1 ``pad_values`` are all exact. The float
 epilogue ``dot · multiplier[o] · K + offset[o]`` holds α, K, a bias and a
-folded BatchNormalization.
+folded BatchNormalization. On CPUs with AVX2 the xor-popcount phase is the
+hand-written kernel of :mod:`xnor_larq.simd`; elsewhere a portable loop.
 
 Importing this module needs numba (``pip install "xnor_larq[fast]"``).
 """
@@ -29,6 +30,8 @@ except ImportError as error:  # pragma: no cover - exercised without the extra
         "xnor_larq's compiled inference needs numba. Install it with "
         '`pip install "xnor_larq[fast]"` (or `pip install numba`).'
     ) from error
+
+from . import simd  # noqa: E402  (needs numba, checked above)
 
 __all__ = [
     "WORD_BITS",
@@ -142,6 +145,33 @@ def pack_weights(signs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return packed, tap_sums.astype(np.int32)
 
 
+@numba.njit(**_JIT)
+def _popcount_blocks_portable(patches, row, w_packed, counts):
+    # counts[4b + j] = Σ_k popcount(patches[row, k] ^ w_packed[b, k, j]); the
+    # compiler vectorizes the four channels of a block together.
+    blocks, words, _ = w_packed.shape
+    for block in range(blocks):
+        m0 = np.uint64(0)
+        m1 = np.uint64(0)
+        m2 = np.uint64(0)
+        m3 = np.uint64(0)
+        for k in range(words):
+            value = patches[row, k]
+            m0 += _popcount(value ^ w_packed[block, k, 0])
+            m1 += _popcount(value ^ w_packed[block, k, 1])
+            m2 += _popcount(value ^ w_packed[block, k, 2])
+            m3 += _popcount(value ^ w_packed[block, k, 3])
+        counts[block * 4] = np.int32(m0)
+        counts[block * 4 + 1] = np.int32(m1)
+        counts[block * 4 + 2] = np.int32(m2)
+        counts[block * 4 + 3] = np.int32(m3)
+
+
+#: The popcount phase of the binary convolution: the AVX2 + scalar kernel of
+#: :mod:`xnor_larq.simd` where the CPU has AVX2, else the portable loop.
+_popcount_blocks = simd.popcount_blocks if simd.AVAILABLE else _popcount_blocks_portable
+
+
 @numba.njit(parallel=True, **_JIT)
 def _binary_conv2d(
     x_packed,
@@ -233,21 +263,7 @@ def _binary_conv2d(
                         correction[o] = np.int32((pad_value - 1) * total)
                     corrected_for = ow
             scale = scale_map[n, oh, ow] if use_scale_map else np.float32(1.0)
-            for block in range(blocks):
-                m0 = np.uint64(0)
-                m1 = np.uint64(0)
-                m2 = np.uint64(0)
-                m3 = np.uint64(0)
-                for k in range(words):
-                    value = patches[ow, k]
-                    m0 += _popcount(value ^ w_packed[block, k, 0])
-                    m1 += _popcount(value ^ w_packed[block, k, 1])
-                    m2 += _popcount(value ^ w_packed[block, k, 2])
-                    m3 += _popcount(value ^ w_packed[block, k, 3])
-                counts[block * 4] = np.int32(m0)
-                counts[block * 4 + 1] = np.int32(m1)
-                counts[block * 4 + 2] = np.int32(m2)
-                counts[block * 4 + 3] = np.int32(m3)
+            _popcount_blocks(patches, ow, w_packed, counts)
             # The epilogue as one simple loop over the channels (vectorized).
             shift = correction if any_padded[ow] else no_correction
             for o in range(outputs):
@@ -327,9 +343,9 @@ def binary_conv2d(
     if scale_map is None:
         scale_map = np.ones((1, 1, 1), np.float32)
     return _binary_conv2d(
-        x_packed,
+        np.ascontiguousarray(x_packed, np.uint64),
         channels,
-        w_packed,
+        np.ascontiguousarray(w_packed, np.uint64),
         tap_sums,
         *_window(height, width, kernel_size, strides, dilation_rate, padding),
         int(pad_value),

@@ -1,0 +1,69 @@
+"""The popcount phase of the binary convolution (xnor_larq.simd and its portable twin)."""
+
+import numba
+import numpy as np
+import pytest
+
+from xnor_larq import bitpack, simd
+
+
+def reference_counts(patches, row, weights):
+    """counts[4b + j] = Σ_k popcount(patches[row, k] ^ weights[b, k, j]), in numpy."""
+    xor = patches[row][None, :, None] ^ weights  # (blocks, words, 4)
+    bits = np.unpackbits(xor.view(np.uint8), axis=-1)  # 64 bits per (block, word, j)
+    per_word = bits.reshape(*xor.shape, 64).sum(axis=-1)
+    return per_word.sum(axis=1).reshape(-1).astype(np.int32)
+
+
+@numba.njit
+def _simd_counts(patches, row, weights, counts):
+    simd.popcount_blocks(patches, row, weights, counts)
+
+
+KERNELS = {
+    "portable": bitpack._popcount_blocks_portable,
+    "simd": pytest.param(
+        _simd_counts, marks=pytest.mark.skipif(not simd.AVAILABLE, reason="needs AVX2")
+    ),
+}
+
+
+@pytest.mark.parametrize("kernel", KERNELS.values(), ids=KERNELS.keys())
+@pytest.mark.parametrize("words", [1, 3, 30, 31, 32, 62, 63, 70])
+@pytest.mark.parametrize("blocks", [1, 2, 5])
+def test_counts_equal_numpy(kernel, words, blocks):
+    rng = np.random.default_rng(words * 10 + blocks)
+    patches = rng.integers(0, 2**64, (3, words), dtype=np.uint64, endpoint=False)
+    weights = rng.integers(0, 2**64, (blocks, words, 4), dtype=np.uint64, endpoint=False)
+    counts = np.full(4 * blocks, -1, np.int32)
+    kernel(patches, 1, weights, counts)
+    np.testing.assert_array_equal(counts, reference_counts(patches, 1, weights))
+
+
+@pytest.mark.parametrize("kernel", KERNELS.values(), ids=KERNELS.keys())
+@pytest.mark.parametrize("words", [31, 32, 93, 100])
+def test_all_bits_set_do_not_overflow(kernel, words):
+    # Every byte counts 8 per word: the per-byte sums of the vector half must be
+    # flushed before they pass 255 (31 words), the totals must reach 64 · words.
+    patches = np.full((1, words), np.iinfo(np.uint64).max, np.uint64)
+    weights = np.zeros((3, words, 4), np.uint64)
+    weights[1, :, 2] = patches[0]  # one channel equal to the patch: count 0
+    counts = np.zeros(12, np.int32)
+    kernel(patches, 0, weights, counts)
+    expected = np.full(12, 64 * words, np.int32)
+    expected[6] = 0
+    np.testing.assert_array_equal(counts, expected)
+
+
+def test_kernel_choice_follows_the_cpu():
+    expected = simd.popcount_blocks if simd.AVAILABLE else bitpack._popcount_blocks_portable
+    assert bitpack._popcount_blocks is expected
+
+
+def test_simd_kernel_refuses_wrong_types():
+    @numba.njit
+    def call(patches, weights, counts):
+        simd.popcount_blocks(patches, 0, weights, counts)
+
+    with pytest.raises(numba.core.errors.TypingError):
+        call(np.zeros((2, 3), np.int64), np.zeros((1, 3, 4), np.uint64), np.zeros(4, np.int32))
