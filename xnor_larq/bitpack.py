@@ -199,7 +199,8 @@ def _binary_conv2d(
     outputs = tap_sums.shape[0]
     taps = kernel_h * kernel_w
     out = np.empty((batch, out_h, out_w, outputs), np.float32)
-    full_dot = taps * channels
+    # float32 holds these integers exactly (|dot| < 2**24)
+    full_dot = np.float32(taps * channels)
     # One task per output row: first gather every receptive field of the row
     # into its bit string, then xor-popcount them against the weights.
     for row in prange(batch * out_h):
@@ -264,11 +265,12 @@ def _binary_conv2d(
                     corrected_for = ow
             scale = scale_map[n, oh, ow] if use_scale_map else np.float32(1.0)
             _popcount_blocks(patches, ow, w_packed, counts)
-            # The epilogue as one simple loop over the channels (vectorized).
+            # The epilogue as one simple loop over the channels, in float32 so
+            # that it vectorizes (int64 → float conversions would not).
             shift = correction if any_padded[ow] else no_correction
             for o in range(outputs):
-                dot = np.int32(full_dot) - 2 * counts[o] + shift[o]
-                out[n, oh, ow, o] = np.float32(dot) * multiplier[o] * scale + offset[o]
+                dot = full_dot - np.float32(2) * np.float32(counts[o]) + np.float32(shift[o])
+                out[n, oh, ow, o] = dot * multiplier[o] * scale + offset[o]
     return out
 
 
