@@ -176,3 +176,47 @@ def test_weights_in_another_layout_are_refused(rng):
     flat = packed.transpose(0, 2, 1).reshape(-1, packed.shape[1])  # (O, words): not interleaved
     with pytest.raises(ValueError, match="interleaved.*from pack_weights.*Received: shape"):
         bitpack.binary_conv2d(x, 8, flat, tap_sums, (3, 3))
+
+
+@pytest.mark.parametrize("h,w,c,o,kernel,strides,dilation,padding,pad_value", CASES)
+@pytest.mark.parametrize("input_scaling", [False, True])
+def test_whole_binary_layer_equals_its_three_steps(
+    rng, h, w, c, o, kernel, strides, dilation, padding, pad_value, input_scaling
+):
+    # BinaryConv2D (one compiled call) against pack_channels → input_scaling_map →
+    # binary_conv2d, checked above against TensorFlow one by one.
+    x = rng.normal(size=(2, h, w, c)).astype("float32")
+    packed, tap_sums = bitpack.pack_weights(signs(rng, (*kernel, c, o)))
+    scale, shift = rng.normal(size=c).astype("float32"), rng.normal(size=c).astype("float32")
+    multiplier, offset = rng.normal(size=o).astype("float32"), rng.normal(size=o).astype("float32")
+    geometry = dict(strides=strides, dilation_rate=dilation, padding=padding)
+    layer = bitpack.BinaryConv2D(
+        packed, tap_sums, c, kernel, pad_value=pad_value, multiplier=multiplier, offset=offset,
+        input_scale=scale, input_shift=shift, input_scaling=input_scaling, **geometry,
+    )  # fmt: skip
+    x_packed, channel_mean = bitpack.pack_channels(x, True, scale=scale, shift=shift)
+    scale_map = None
+    if input_scaling:
+        scale_map = bitpack.input_scaling_map(x, kernel, channel_mean=channel_mean, **geometry)
+    expected = bitpack.binary_conv2d(
+        x_packed, c, packed, tap_sums, kernel, pad_value=pad_value, multiplier=multiplier,
+        offset=offset, scale_map=scale_map, **geometry,
+    )  # fmt: skip
+    np.testing.assert_array_equal(layer(x), expected)
+
+
+def test_whole_binary_layer_refuses_bad_arguments_and_inputs(rng):
+    packed, tap_sums = bitpack.pack_weights(signs(rng, (3, 3, 8, 6)))
+    with pytest.raises(ValueError, match=r"`w_packed` must be the \(2, 3, 4\) array"):
+        bitpack.BinaryConv2D(packed, tap_sums, 16, (3, 3))  # 16 channels: 144·16 bits
+    with pytest.raises(ValueError, match=r"`tap_sums` must be \(outputs, 9\)"):
+        bitpack.BinaryConv2D(packed, tap_sums[:, :4], 8, (3, 3))
+    with pytest.raises(ValueError, match="padding='full'"):
+        bitpack.BinaryConv2D(packed, tap_sums, 8, (3, 3), padding="full")
+    with pytest.raises(ValueError, match="pad_value=2"):
+        bitpack.BinaryConv2D(packed, tap_sums, 8, (3, 3), pad_value=2)
+    with pytest.raises(ValueError, match=r"`offset` must have shape \(6,\). Received: \(5,\)"):
+        bitpack.BinaryConv2D(packed, tap_sums, 8, (3, 3), offset=np.zeros(5))
+    layer = bitpack.BinaryConv2D(packed, tap_sums, 8, (3, 3))
+    with pytest.raises(ValueError, match=r"\(batch, height, width, 8\).*shape \(1, 5, 5, 7\)"):
+        layer(np.zeros((1, 5, 5, 7), np.float32))

@@ -35,6 +35,7 @@ from . import simd  # noqa: E402  (needs numba, checked above)
 
 __all__ = [
     "WORD_BITS",
+    "BinaryConv2D",
     "FloatConv2D",
     "binary_conv2d",
     "input_scaling_map",
@@ -356,6 +357,113 @@ def binary_conv2d(
         np.ascontiguousarray(scale_map, np.float32),
         use_scale_map,
     )
+
+
+@numba.njit(**_JIT)
+def _binary_layer(x, channels, scale, shift, w_packed, tap_sums, kernel_h, kernel_w, stride_h,
+                  stride_w, dilation_h, dilation_w, top, left, out_h, out_w, pad_value,
+                  multiplier, offset, use_scale_map):  # fmt: skip
+    # pack (with K's channel mean) → K → xor-popcount conv, in one call from Python
+    batch, height, width, _ = x.shape
+    abs_means = np.empty(batch * height * width, np.float32)
+    packed = _pack_rows(
+        x.reshape(batch * height * width, channels), scale, shift, (channels + 63) // 64, abs_means
+    )
+    packed = packed.reshape(batch, height, width, packed.shape[1])
+    if use_scale_map:
+        scale_map = _box_mean(
+            abs_means.reshape(batch, height, width), kernel_h, kernel_w, stride_h, stride_w,
+            dilation_h, dilation_w, top, left, out_h, out_w,
+        )  # fmt: skip
+    else:
+        scale_map = np.ones((1, 1, 1), np.float32)
+    return _binary_conv2d(
+        packed, channels, w_packed, tap_sums, kernel_h, kernel_w, stride_h, stride_w, dilation_h,
+        dilation_w, top, left, out_h, out_w, pad_value, multiplier, offset, scale_map,
+        use_scale_map,
+    )  # fmt: skip
+
+
+class BinaryConv2D:
+    """A whole binary convolution of float inputs, prepared once for repeated calls.
+
+    ``x`` (float32 ``(N, H, W, C)``) is binarized (``sign(x · input_scale +
+    input_shift)``, a BatchNormalization folded in), packed, convolved by
+    xor-popcount with the packed weights (from :func:`pack_weights`), and
+    returned as ``dot · multiplier[o] · K + offset[o]`` with XNOR-Net's K of
+    ``x · input_scale + input_shift`` when ``input_scaling``. One compiled call
+    (:func:`pack_channels`, :func:`input_scaling_map` and
+    :func:`binary_conv2d` in turn): at batch 1 the Python overhead of three
+    calls is a large part of a small layer's time.
+    """
+
+    def __init__(self, w_packed, tap_sums, channels, kernel_size, *, strides=(1, 1),
+                 dilation_rate=(1, 1), padding="valid", pad_value=0, multiplier=None,
+                 offset=None, input_scale=None, input_shift=None, input_scaling=False):  # fmt: skip
+        outputs, taps = tap_sums.shape
+        if taps != kernel_size[0] * kernel_size[1]:
+            raise ValueError(
+                f"`tap_sums` must be (outputs, {kernel_size[0] * kernel_size[1]}) for a "
+                f"{kernel_size} kernel. Received: shape {tap_sums.shape}"
+            )
+        if padding not in ("same", "valid"):
+            raise ValueError(f"`padding` must be 'same' or 'valid'. Received: padding={padding!r}")
+        if pad_value not in (0, 1, -1):
+            raise ValueError(f"`pad_value` must be 0, 1 or -1. Received: pad_value={pad_value!r}")
+        words = words_for(taps * channels)
+        expected = (-(-outputs // OUTPUT_BLOCK), words, OUTPUT_BLOCK)
+        if w_packed.shape != expected:
+            raise ValueError(
+                f"`w_packed` must be the {expected} array from pack_weights for {outputs} "
+                f"outputs of {taps}×{channels} signs. Received: shape {w_packed.shape}"
+            )
+
+        def per_channel(name, value, size, default):
+            if value is None:
+                return np.full(size, default, np.float32)
+            value = np.ascontiguousarray(value, np.float32)
+            if value.shape != (size,):
+                raise ValueError(f"`{name}` must have shape ({size},). Received: {value.shape}")
+            return value
+
+        self.w_packed = np.ascontiguousarray(w_packed, np.uint64)
+        self.tap_sums = np.ascontiguousarray(tap_sums, np.int32)
+        self.channels, self.outputs = channels, outputs
+        self.kernel_size, self.strides, self.dilation_rate = kernel_size, strides, dilation_rate
+        self.padding, self.pad_value, self.input_scaling = padding, int(pad_value), input_scaling
+        self.multiplier = per_channel("multiplier", multiplier, outputs, 1.0)
+        self.offset = per_channel("offset", offset, outputs, 0.0)
+        self.input_scale = per_channel("input_scale", input_scale, channels, 1.0)
+        self.input_shift = per_channel("input_shift", input_shift, channels, 0.0)
+        self._windows = {}  # (height, width) -> the kernels' window arguments
+
+    def __call__(self, x):
+        x = np.ascontiguousarray(x, np.float32)
+        if x.ndim != 4 or x.shape[3] != self.channels:
+            # the compiled loops do not bounds-check: a mismatch would read past the arrays
+            raise ValueError(
+                f"the input must be (batch, height, width, {self.channels}) for this layer. "
+                f"Received: shape {x.shape}"
+            )
+        size = x.shape[1:3]
+        window = self._windows.get(size)
+        if window is None:
+            window = self._windows[size] = _window(
+                *size, self.kernel_size, self.strides, self.dilation_rate, self.padding
+            )
+        return _binary_layer(
+            x,
+            self.channels,
+            self.input_scale,
+            self.input_shift,
+            self.w_packed,
+            self.tap_sums,
+            *window,
+            self.pad_value,
+            self.multiplier,
+            self.offset,
+            self.input_scaling,
+        )
 
 
 @numba.njit(parallel=True, **_JIT)

@@ -129,42 +129,32 @@ class BinaryLayer:
     input_scale: np.ndarray | None = None
     input_shift: np.ndarray | None = None
     float32_bytes: int = 0
+    _kernel: object = field(default=None, repr=False)  # the bitpack.BinaryConv2D
 
     @property
     def packed_bytes(self) -> int:
         return self.packed.nbytes
 
     def __call__(self, x):
-        bitpack = _bitpack()
-        if self.kind == "dense":
-            x = x.reshape(x.shape[0], 1, 1, x.shape[-1])
-        packed, channel_mean = bitpack.pack_channels(
-            x, with_abs_mean=True, scale=self.input_scale, shift=self.input_shift
-        )
-        scale_map = None
-        if self.input_scaling:
-            scale_map = bitpack.input_scaling_map(
-                x,
+        if self._kernel is None:  # built on first use, after compile() folded the BNs in
+            self._kernel = _bitpack().BinaryConv2D(
+                self.packed,
+                self.tap_sums,
+                self.channels,
                 self.kernel_size,
                 strides=self.strides,
                 dilation_rate=self.dilation_rate,
                 padding=self.padding,
-                channel_mean=channel_mean,
+                pad_value=self.pad_value,
+                multiplier=self.multiplier,
+                offset=self.offset,
+                input_scale=self.input_scale,
+                input_shift=self.input_shift,
+                input_scaling=self.input_scaling,
             )
-        out = bitpack.binary_conv2d(
-            packed,
-            self.channels,
-            self.packed,
-            self.tap_sums,
-            self.kernel_size,
-            strides=self.strides,
-            dilation_rate=self.dilation_rate,
-            padding=self.padding,
-            pad_value=self.pad_value,
-            multiplier=self.multiplier,
-            offset=self.offset,
-            scale_map=scale_map,
-        )
+        if self.kind == "dense":
+            x = x.reshape(x.shape[0], 1, 1, x.shape[-1])
+        out = self._kernel(x)
         if self.activation is not None:
             out = _activation_op(self.activation)(out)
         if self.kind == "dense":
