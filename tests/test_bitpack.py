@@ -220,3 +220,38 @@ def test_whole_binary_layer_refuses_bad_arguments_and_inputs(rng):
     layer = bitpack.BinaryConv2D(packed, tap_sums, 8, (3, 3))
     with pytest.raises(ValueError, match=r"\(batch, height, width, 8\).*shape \(1, 5, 5, 7\)"):
         layer(np.zeros((1, 5, 5, 7), np.float32))
+
+
+def test_kernels_write_to_a_given_output_array(rng):
+    x = rng.normal(size=(2, 6, 6, 5)).astype("float32")
+    out = np.empty((2, 3, 3, 5), np.float32)
+    assert bitpack.max_pool2d(x, (3, 3), (2, 2), "same", out) is out
+    np.testing.assert_array_equal(out, bitpack.max_pool2d(x, (3, 3), (2, 2), "same"))
+    assert bitpack.max_pool_output_shape(x.shape, (3, 3), (2, 2), "same") == out.shape
+    for channels in (1, 8):  # the direct loop, and im2col + BLAS
+        conv = bitpack.FloatConv2D(rng.normal(size=(3, 3, channels, 4)), padding="same")
+        image = rng.normal(size=(2, 5, 5, channels)).astype("float32")
+        out = np.empty(conv.output_shape(image.shape), np.float32)
+        assert conv(image, out) is out
+        np.testing.assert_allclose(out, conv(image), rtol=1e-6)
+    packed, tap_sums = bitpack.pack_weights(signs(rng, (3, 3, 5, 6)))
+    layer = bitpack.BinaryConv2D(packed, tap_sums, 5, (3, 3), strides=(2, 2), padding="same")
+    out = np.empty(layer.output_shape(x.shape), np.float32)
+    assert out.shape == (2, 3, 3, 6)
+    assert layer(x, out) is out
+    np.testing.assert_array_equal(out, layer(x))
+
+
+@pytest.mark.parametrize(
+    "out,received",
+    [(np.empty((2, 3, 3, 4), np.float32), r"\(2, 3, 3, 4\) float32"),
+     (np.empty((2, 3, 3, 5), np.float64), "float64"),
+     (np.empty((2, 3, 5, 3), np.float32).transpose(0, 1, 3, 2), r"\(2, 3, 3, 5\) float32"),
+     ([0.0] * 90, "list")],
+)  # fmt: skip
+def test_a_wrong_output_array_is_refused(rng, out, received):
+    x = rng.normal(size=(2, 6, 6, 5)).astype("float32")
+    with pytest.raises(
+        ValueError, match=rf"`out` must be .* of shape \(2, 3, 3, 5\)\. Received: .*{received}"
+    ):
+        bitpack.max_pool2d(x, (3, 3), (2, 2), "same", out)

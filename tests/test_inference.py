@@ -219,3 +219,73 @@ def test_summary_reports_the_packing():
     assert all(isinstance(layer, BinaryLayer) for layer in compiled.binary_layers)
     ratio = compiled.float32_weight_bytes / compiled.packed_weight_bytes
     assert f"{ratio:.1f}x smaller" in text
+
+
+@pytest.fixture
+def pool_everything(monkeypatch):
+    """Let every step use the buffer pool (by default only outputs of 256 KiB or more)."""
+    monkeypatch.setattr(inference._BufferPool, "MIN_BYTES", 0)
+
+
+def pooled_arrays(compiled):
+    return [array for arrays in compiled._buffers.free.values() for array in arrays]
+
+
+def test_repeated_predictions_reuse_arrays_but_never_returned_ones(rng, pool_everything):
+    model = build("small_cnn", "xnor")
+    compiled = inference.compile(model)
+    x1, x2 = (rng.uniform(-1, 1, size=(4, 28, 28, 1)).astype("float32") for _ in range(2))
+    first = compiled.predict(x1)
+    kept = first.copy()
+    reused = {id(array) for array in pooled_arrays(compiled)}
+    assert len(reused) >= 6  # float conv, 3 binary convs, 3 pools, binary dense
+    second = compiled.predict(x2)
+    assert {id(array) for array in pooled_arrays(compiled)} == reused  # the same arrays again
+    np.testing.assert_array_equal(first, kept)  # the first result was not overwritten
+    assert_close(second, model.predict(x2, verbose=0))
+    np.testing.assert_array_equal(compiled.predict(x1), kept)
+
+
+def test_an_output_written_by_a_pooled_step_is_handed_over(rng, pool_everything):
+    # The binary conv (BN folded in) is the model's last step: its array is the output.
+    model = single_layer_model(ScaledQuantConv2D(8, 3, padding="same"), (6, 6, 16))
+    compiled = inference.compile(model)
+    x1, x2 = (rng.uniform(-1, 1, size=(2, 6, 6, 16)).astype("float32") for _ in range(2))
+    first = compiled.predict(x1)
+    kept = first.copy()
+    assert not any(np.may_share_memory(first, array) for array in pooled_arrays(compiled))
+    compiled.predict(x2)
+    np.testing.assert_array_equal(first, kept)
+
+
+def test_threads_predicting_at_once_get_their_own_arrays(rng, pool_everything):
+    import threading
+
+    model = build("small_cnn", "xnor")
+    compiled = inference.compile(model)
+    inputs = [rng.uniform(-1, 1, size=(3, 28, 28, 1)).astype("float32") for _ in range(2)]
+    expected = [compiled.predict(x) for x in inputs]
+    failures = []
+
+    def worker(index):
+        for _ in range(20):
+            got = compiled.predict(inputs[index])
+            if not np.array_equal(got, expected[index]):
+                failures.append(index)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+
+
+def test_steps_run_by_hand_get_new_arrays(rng, pool_everything):
+    compiled = inference.compile(build("small_cnn", "xnor"))
+    compiled.predict(rng.uniform(-1, 1, size=(2, 28, 28, 1)).astype("float32"))
+    step = compiled.steps[0]  # the float conv
+    x = rng.uniform(-1, 1, size=(2, 28, 28, 1)).astype("float32")
+    first = step.run(x)
+    assert not any(np.may_share_memory(first, array) for array in pooled_arrays(compiled))
+    assert step.run(x) is not first

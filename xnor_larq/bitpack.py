@@ -194,12 +194,12 @@ def _binary_conv2d(
     offset,
     scale_map,
     use_scale_map,
+    out,
 ):
     batch, height, width, in_words = x_packed.shape
     blocks, words, _ = w_packed.shape
     outputs = tap_sums.shape[0]
     taps = kernel_h * kernel_w
-    out = np.empty((batch, out_h, out_w, outputs), np.float32)
     # float32 holds these integers exactly (|dot| < 2**24)
     full_dot = np.float32(taps * channels)
     # One task per output row: first gather every receptive field of the row
@@ -308,6 +308,32 @@ def _window(height, width, kernel_size, strides, dilation_rate, padding):
     return (*kernel_size, *strides, *dilation_rate, top, left, out_h, out_w)
 
 
+def output_array(out, shape):
+    """``out`` checked to be a C-contiguous float32 array of ``shape``; a new one if None.
+
+    Every kernel with an ``out`` argument writes its result there instead of
+    allocating: a caller repeating calls on one shape (e.g.
+    :meth:`xnor_larq.inference.CompiledModel.predict`) saves the page faults of
+    fresh multi-megabyte arrays.
+    """
+    if out is None:
+        return np.empty(shape, np.float32)
+    if not (
+        isinstance(out, np.ndarray)
+        and out.shape == tuple(shape)
+        and out.dtype == np.float32
+        and out.flags.c_contiguous
+        and out.flags.writeable
+    ):
+        # the compiled loops do not bounds-check: a wrong array would be written past its end
+        got = f"{type(out).__name__} {getattr(out, 'shape', '')} {getattr(out, 'dtype', '')}"
+        raise ValueError(
+            f"`out` must be a writeable C-contiguous float32 array of shape {tuple(shape)}. "
+            f"Received: {got}"
+        )
+    return out
+
+
 def binary_conv2d(
     x_packed,
     channels,
@@ -322,6 +348,7 @@ def binary_conv2d(
     multiplier=None,
     offset=None,
     scale_map=None,
+    out=None,
 ):
     """Binary convolution of packed inputs with packed weights, plus the epilogue.
 
@@ -345,24 +372,26 @@ def binary_conv2d(
     use_scale_map = scale_map is not None
     if scale_map is None:
         scale_map = np.ones((1, 1, 1), np.float32)
+    window = _window(height, width, kernel_size, strides, dilation_rate, padding)
     return _binary_conv2d(
         np.ascontiguousarray(x_packed, np.uint64),
         channels,
         np.ascontiguousarray(w_packed, np.uint64),
         tap_sums,
-        *_window(height, width, kernel_size, strides, dilation_rate, padding),
+        *window,
         int(pad_value),
         np.ascontiguousarray(multiplier, np.float32),
         np.ascontiguousarray(offset, np.float32),
         np.ascontiguousarray(scale_map, np.float32),
         use_scale_map,
+        output_array(out, (x_packed.shape[0], *window[-2:], outputs)),
     )
 
 
 @numba.njit(**_JIT)
 def _binary_layer(x, channels, scale, shift, w_packed, tap_sums, kernel_h, kernel_w, stride_h,
                   stride_w, dilation_h, dilation_w, top, left, out_h, out_w, pad_value,
-                  multiplier, offset, use_scale_map):  # fmt: skip
+                  multiplier, offset, use_scale_map, out):  # fmt: skip
     # pack (with K's channel mean) → K → xor-popcount conv, in one call from Python
     batch, height, width, _ = x.shape
     abs_means = np.empty(batch * height * width, np.float32)
@@ -380,7 +409,7 @@ def _binary_layer(x, channels, scale, shift, w_packed, tap_sums, kernel_h, kerne
     return _binary_conv2d(
         packed, channels, w_packed, tap_sums, kernel_h, kernel_w, stride_h, stride_w, dilation_h,
         dilation_w, top, left, out_h, out_w, pad_value, multiplier, offset, scale_map,
-        use_scale_map,
+        use_scale_map, out,
     )  # fmt: skip
 
 
@@ -437,7 +466,20 @@ class BinaryConv2D:
         self.input_shift = per_channel("input_shift", input_shift, channels, 0.0)
         self._windows = {}  # (height, width) -> the kernels' window arguments
 
-    def __call__(self, x):
+    def _window_for(self, size):
+        window = self._windows.get(size)
+        if window is None:
+            window = self._windows[size] = _window(
+                *size, self.kernel_size, self.strides, self.dilation_rate, self.padding
+            )
+        return window
+
+    def output_shape(self, input_shape) -> tuple:
+        """``(N, H', W', outputs)`` for an ``(N, H, W, C)`` input."""
+        return (input_shape[0], *self._window_for(tuple(input_shape[1:3]))[-2:], self.outputs)
+
+    def __call__(self, x, out=None):
+        """The layer's output for ``x``, written to ``out`` if given (see :func:`output_array`)."""
         x = np.ascontiguousarray(x, np.float32)
         if x.ndim != 4 or x.shape[3] != self.channels:
             # the compiled loops do not bounds-check: a mismatch would read past the arrays
@@ -445,12 +487,7 @@ class BinaryConv2D:
                 f"the input must be (batch, height, width, {self.channels}) for this layer. "
                 f"Received: shape {x.shape}"
             )
-        size = x.shape[1:3]
-        window = self._windows.get(size)
-        if window is None:
-            window = self._windows[size] = _window(
-                *size, self.kernel_size, self.strides, self.dilation_rate, self.padding
-            )
+        window = self._window_for(x.shape[1:3])
         return _binary_layer(
             x,
             self.channels,
@@ -463,6 +500,7 @@ class BinaryConv2D:
             self.multiplier,
             self.offset,
             self.input_scaling,
+            output_array(out, (x.shape[0], *window[-2:], self.outputs)),
         )
 
 
@@ -507,9 +545,8 @@ def input_scaling_map(
 
 
 @numba.njit(parallel=True, **_JIT)
-def _max_pool(x, pool_h, pool_w, stride_h, stride_w, top, left, out_h, out_w):
+def _max_pool(x, pool_h, pool_w, stride_h, stride_w, top, left, out_h, out_w, out):
     batch, height, width, channels = x.shape
-    out = np.empty((batch, out_h, out_w, channels), np.float32)
     for row in prange(batch * out_h):
         n = row // out_h
         oh = row % out_h
@@ -530,9 +567,16 @@ def _max_pool(x, pool_h, pool_w, stride_h, stride_w, top, left, out_h, out_w):
     return out
 
 
-def max_pool2d(x, pool_size, strides, padding):
+def max_pool_output_shape(input_shape, pool_size, strides, padding) -> tuple:
+    """The ``(N, H', W', C)`` output shape of :func:`max_pool2d`."""
+    batch, height, width, channels = input_shape
+    geometry = output_geometry(height, width, pool_size, strides, (1, 1), padding)
+    return (batch, *geometry[2:], channels)
+
+
+def max_pool2d(x, pool_size, strides, padding, out=None):
     """Max pooling as Keras computes it ("same" padding never picks the pad)."""
-    _, height, width, _ = x.shape
+    batch, height, width, channels = x.shape
     top, left, out_h, out_w = output_geometry(height, width, pool_size, strides, (1, 1), padding)
     return _max_pool(
         np.ascontiguousarray(x, np.float32),
@@ -544,6 +588,7 @@ def max_pool2d(x, pool_size, strides, padding):
         left,
         out_h,
         out_w,
+        output_array(out, (batch, out_h, out_w, channels)),
     )
 
 
@@ -572,12 +617,11 @@ def _im2col(x, kernel_h, kernel_w, stride_h, stride_w, dil_h, dil_w, top, left, 
 
 @numba.njit(parallel=True, **_JIT)
 def _direct_conv(x, kernel, outputs, kernel_h, kernel_w, stride_h, stride_w, dil_h, dil_w, top,
-                 left, out_h, out_w):  # fmt: skip
+                 left, out_h, out_w, out):  # fmt: skip
     # kernel: (kh, kw, C, lanes), the outputs zero-padded to a multiple of
     # DIRECT_CONV_LANES so that the compiler's vector loop covers all of them
     batch, height, width, channels = x.shape
     lanes = kernel.shape[-1]
-    out = np.empty((batch, out_h, out_w, outputs), np.float32)
     for row in prange(batch * out_h):
         n = row // out_h
         oh = row % out_h
@@ -636,7 +680,15 @@ class FloatConv2D:
         else:
             self.kernel = np.ascontiguousarray(kernel.reshape(-1, self.outputs))
 
-    def __call__(self, x):
+    def output_shape(self, input_shape) -> tuple:
+        """``(N, H', W', outputs)`` for an ``(N, H, W, C)`` input."""
+        window = _window(
+            *input_shape[1:3], self.kernel_size, self.strides, self.dilation_rate, self.padding
+        )
+        return (input_shape[0], *window[-2:], self.outputs)
+
+    def __call__(self, x, out=None):
+        """The convolution of ``x``, written to ``out`` if given (see :func:`output_array`)."""
         x = np.ascontiguousarray(x, np.float32)
         if x.ndim != 4 or x.shape[3] != self.channels:
             # the compiled loops do not bounds-check: a mismatch would read past the arrays
@@ -648,11 +700,11 @@ class FloatConv2D:
         window = _window(
             height, width, self.kernel_size, self.strides, self.dilation_rate, self.padding
         )
+        out = output_array(out, (batch, *window[-2:], self.outputs))
         if self.direct:
-            return _direct_conv(x, self.kernel, self.outputs, *window)
-        out_h, out_w = window[-2:]
-        out = _im2col(x, *window) @ self.kernel
-        return out.reshape(batch, out_h, out_w, self.outputs)
+            return _direct_conv(x, self.kernel, self.outputs, *window, out)
+        np.matmul(_im2col(x, *window), self.kernel, out=out.reshape(-1, self.outputs))
+        return out
 
 
 def float_conv2d(x, kernel, *, strides=(1, 1), dilation_rate=(1, 1), padding="valid"):
