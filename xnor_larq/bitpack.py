@@ -202,6 +202,8 @@ def _binary_conv2d(
     taps = kernel_h * kernel_w
     # float32 holds these integers exactly (|dot| < 2**24)
     full_dot = np.float32(taps * channels)
+    # what a padded tap adds to each channel's dot, (taps, outputs)
+    pad_correction = np.ascontiguousarray(tap_sums.T) * np.int32(pad_value - 1)
     # One task per output row: first gather every receptive field of the row
     # into its bit string, then xor-popcount them against the weights.
     for row in prange(batch * out_h):
@@ -256,13 +258,13 @@ def _binary_conv2d(
                             break
                 if not same:
                     # Padded taps were gathered as +1 (contributing tap_sums);
-                    # they should contribute pad_value · tap_sums.
-                    for o in range(outputs):
-                        total = 0
-                        for tap in range(taps):
-                            if padded[ow, tap]:
-                                total += tap_sums[o, tap]
-                        correction[o] = np.int32((pad_value - 1) * total)
+                    # they should contribute pad_value · tap_sums. Taps outer,
+                    # channels inner: a vector add per padded tap.
+                    correction[:] = 0
+                    for tap in range(taps):
+                        if padded[ow, tap]:
+                            for o in range(outputs):
+                                correction[o] += pad_correction[tap, o]
                     corrected_for = ow
             scale = scale_map[n, oh, ow] if use_scale_map else np.float32(1.0)
             _popcount_blocks(patches, ow, w_packed, counts)
