@@ -193,9 +193,12 @@ def _binary_conv2d(
     multiplier,
     offset,
     scale_map,
-    use_scale_map,
+    scale_mode,
     out,
 ):
+    # scale_mode: 0 no scale; 1 scale_map (N, H', W') given; 2 scale_map is the
+    # input's channel mean (N, H, W) and K, its box mean, is computed here
+    # while gathering (the same taps, no pass of its own).
     batch, height, width, in_words = x_packed.shape
     blocks, words, _ = w_packed.shape
     outputs = tap_sums.shape[0]
@@ -212,12 +215,14 @@ def _binary_conv2d(
         patches = np.empty((out_w, words), np.uint64)
         padded = np.zeros((out_w, taps), np.bool_)
         any_padded = np.zeros(out_w, np.bool_)
+        input_scaling = np.empty(out_w, np.float32)  # K of each pixel, mode 2
         for ow in range(out_w):
             # Append the taps' bits to the field's bit string in order, a word
             # at a time in a register (each patch word is stored once).
             current = np.uint64(0)
             filled = 0
             index = 0
+            mean_total = np.float32(0.0)
             for kh in range(kernel_h):
                 ih = oh * stride_h - pad_top + kh * dilation_h
                 for kw in range(kernel_w):
@@ -226,6 +231,8 @@ def _binary_conv2d(
                     if outside:
                         padded[ow, kh * kernel_w + kw] = True
                         any_padded[ow] = True
+                    elif scale_mode == 2:  # padding counts as 0 in K's box mean
+                        mean_total += scale_map[n, ih, iw]
                     for j in range(in_words):
                         # a padded tap is gathered as +1 (clear bits)
                         value = np.uint64(0) if outside else x_packed[n, ih, iw, j]
@@ -242,6 +249,7 @@ def _binary_conv2d(
                             )
             if filled > 0:
                 patches[ow, index] = current
+            input_scaling[ow] = mean_total * np.float32(1.0 / taps)
         # Padding correction of each output channel for the current pixel's set of
         # padded taps; recomputed only where that set changes (near the borders).
         correction = np.zeros(blocks * 4, np.int32)
@@ -266,7 +274,11 @@ def _binary_conv2d(
                             for o in range(outputs):
                                 correction[o] += pad_correction[tap, o]
                     corrected_for = ow
-            scale = scale_map[n, oh, ow] if use_scale_map else np.float32(1.0)
+            scale = np.float32(1.0)
+            if scale_mode == 1:
+                scale = scale_map[n, oh, ow]
+            elif scale_mode == 2:
+                scale = input_scaling[ow]
             _popcount_blocks(patches, ow, w_packed, counts)
             # The epilogue as one simple loop over the channels, in float32 so
             # that it vectorizes (int64 → float conversions would not).
@@ -371,7 +383,7 @@ def binary_conv2d(
         )
     multiplier = np.ones(outputs, np.float32) if multiplier is None else multiplier
     offset = np.zeros(outputs, np.float32) if offset is None else offset
-    use_scale_map = scale_map is not None
+    scale_mode = 0 if scale_map is None else 1
     if scale_map is None:
         scale_map = np.ones((1, 1, 1), np.float32)
     window = _window(height, width, kernel_size, strides, dilation_rate, padding)
@@ -385,7 +397,7 @@ def binary_conv2d(
         np.ascontiguousarray(multiplier, np.float32),
         np.ascontiguousarray(offset, np.float32),
         np.ascontiguousarray(scale_map, np.float32),
-        use_scale_map,
+        scale_mode,
         output_array(out, (x_packed.shape[0], *window[-2:], outputs)),
     )
 
@@ -401,17 +413,11 @@ def _binary_layer(x, channels, scale, shift, w_packed, tap_sums, kernel_h, kerne
         x.reshape(batch * height * width, channels), scale, shift, (channels + 63) // 64, abs_means
     )
     packed = packed.reshape(batch, height, width, packed.shape[1])
-    if use_scale_map:
-        scale_map = _box_mean(
-            abs_means.reshape(batch, height, width), kernel_h, kernel_w, stride_h, stride_w,
-            dilation_h, dilation_w, top, left, out_h, out_w,
-        )  # fmt: skip
-    else:
-        scale_map = np.ones((1, 1, 1), np.float32)
+    # with K, the conv takes the channel means and box-filters them as it gathers
     return _binary_conv2d(
         packed, channels, w_packed, tap_sums, kernel_h, kernel_w, stride_h, stride_w, dilation_h,
-        dilation_w, top, left, out_h, out_w, pad_value, multiplier, offset, scale_map,
-        use_scale_map, out,
+        dilation_w, top, left, out_h, out_w, pad_value, multiplier, offset,
+        abs_means.reshape(batch, height, width), 2 if use_scale_map else 0, out,
     )  # fmt: skip
 
 
@@ -422,10 +428,12 @@ class BinaryConv2D:
     input_shift)``, a BatchNormalization folded in), packed, convolved by
     xor-popcount with the packed weights (from :func:`pack_weights`), and
     returned as ``dot · multiplier[o] · K + offset[o]`` with XNOR-Net's K of
-    ``x · input_scale + input_shift`` when ``input_scaling``. One compiled call
-    (:func:`pack_channels`, :func:`input_scaling_map` and
-    :func:`binary_conv2d` in turn): at batch 1 the Python overhead of three
-    calls is a large part of a small layer's time.
+    ``x · input_scale + input_shift`` when ``input_scaling``. The same result
+    as :func:`pack_channels`, :func:`input_scaling_map` and
+    :func:`binary_conv2d` in turn, in one compiled call that box-filters K
+    while gathering the receptive fields: at batch 1 the Python overhead of
+    three calls is a large part of a small layer's time, and K's own pass over
+    the map is saved at every batch size.
     """
 
     def __init__(self, w_packed, tap_sums, channels, kernel_size, *, strides=(1, 1),
