@@ -200,8 +200,19 @@ def test_inference_bench_writes_json_and_its_table(tmp_path):
     options = ["--layers", "conv_14x14x256", "--models", "small_cnn"]
     assert (
         cli.main(
-            [*arguments, *options, "--batch-size", "2", "--repeats", "1", "--large-repeats", "1"]
-        )
+            [
+                *arguments,
+                *options,
+                "--batch-size",
+                "2",
+                "--repeats",
+                "1",
+                "--large-repeats",
+                "1",
+                "--popcount-rounds",
+                "1",
+            ]
+        )  # fmt: skip
         == 0
     )
     fast = json.loads((results / "inference.json").read_text())
@@ -216,3 +227,15 @@ def test_inference_bench_writes_json_and_its_table(tmp_path):
         assert r["speedup_of_compiled"]["compiled"] == 1.0
     latency = fast["rows"][0]["latency_ms"]["compiled"]
     assert f"| layer conv_14x14x256 | 1 | ms per image | {latency:,.2f} (×1.0) |" in doc.read_text()
+    from xnor_larq import simd
+    from xnor_larq.benchmarks.inference import POPCOUNT_SHAPES
+
+    popcount = fast["popcount_phase"]
+    assert [(r["words"], r["outputs"]) for r in popcount] == (
+        list(POPCOUNT_SHAPES) if simd.AVAILABLE else []
+    )
+    for r in popcount:
+        ns = r["ns_per_word_product"]
+        assert r["simd_speedup"] == pytest.approx(ns["portable"] / ns["simd"])
+        row = f"| {r['words']} | {r['outputs']} | {ns['portable']:.3f} ns | {ns['simd']:.3f} ns |"
+        assert row in doc.read_text()

@@ -16,6 +16,10 @@ timed, 5 calls in a row at batch 1), with how many times faster ``compiled``
 is than each::
 
     python -m xnor_larq.benchmarks.inference --json docs/results/inference.json
+
+It also times the binary convolution's popcount phase alone, the portable
+compiled loop against the AVX2 + scalar kernel of :mod:`xnor_larq.simd`, one
+thread, side by side (:data:`POPCOUNT_SHAPES`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ MODELS = {"small_cnn": (28, 28, 1), "binarynet_vgg": (32, 32, 3)}
 METHODS = ("compiled", "tf_float", "tflite_float", "lce")
 #: Timed calls in a row per method and round at batch 1 (one at the large batch).
 BATCH_1_BLOCK = 5
+#: (words per receptive field, output channels) of the popcount-phase timing:
+#: small_cnn's binary layers (3, 5, 9 words) and the two benchmark layers (18, 36).
+POPCOUNT_SHAPES = ((3, 32), (5, 64), (9, 64), (18, 128), (36, 256))
 
 
 def _layer_models(input_shape, filters):
@@ -131,6 +138,69 @@ def measure(kind, name, float_model, xnor_model, *, repeats, large_repeats, larg
     return rows
 
 
+def popcount_phase(rounds=5, word_products=40_000_000):
+    """ns per word-product of the popcount phase, portable loop against xnor_larq.simd.
+
+    One thread; every round times each kernel once on the same random bits
+    (about ``word_products`` xor-popcounts); medians over the rounds. Empty
+    where the CPU has no AVX2 (the portable loop is then the only one).
+    """
+    import numba
+    import numpy as np
+
+    from xnor_larq import bitpack, simd
+
+    if not simd.AVAILABLE:
+        return []
+    kernels = {"portable": bitpack._popcount_blocks_portable, "simd": simd.popcount_blocks}
+    runners = {name: _pixel_loop(kernel) for name, kernel in kernels.items()}
+    rng = np.random.default_rng(0)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    rows = []
+    try:
+        for words, outputs in POPCOUNT_SHAPES:
+            pixels = max(word_products // (words * outputs), 2)
+            patches = rng.integers(0, 2**63, (pixels, words), dtype=np.uint64)
+            weights = rng.integers(0, 2**63, (outputs // 4, words, 4), dtype=np.uint64)
+            counts = {name: np.empty((pixels, outputs), np.int32) for name in runners}
+            times = {name: [] for name in runners}
+            for name, run in runners.items():
+                run(patches[:2], weights, counts[name][:2])  # compile
+            for _ in range(rounds):
+                for name, run in runners.items():
+                    start = time.perf_counter()
+                    run(patches, weights, counts[name])
+                    times[name].append(time.perf_counter() - start)
+            if not np.array_equal(counts["portable"], counts["simd"]):
+                raise AssertionError(f"the popcount kernels disagree at {words} words")
+            products = pixels * words * outputs
+            ns = {name: statistics.median(t) * 1e9 / products for name, t in times.items()}
+            rows.append(
+                {
+                    "words": words,
+                    "outputs": outputs,
+                    "pixels": pixels,
+                    "ns_per_word_product": ns,
+                    "simd_speedup": ns["portable"] / ns["simd"],
+                }
+            )
+    finally:
+        numba.set_num_threads(threads)
+    return rows
+
+
+def _pixel_loop(kernel):
+    import numba
+
+    @numba.njit
+    def run(patches, weights, counts):
+        for pixel in range(patches.shape[0]):
+            kernel(patches, pixel, weights, counts[pixel])
+
+    return run
+
+
 def format_rows(rows) -> str:
     lines = []
     for r in rows:
@@ -158,6 +228,12 @@ def main(argv=None):
         "--large-repeats", type=int, default=3, help="rounds at --batch-size (LCE is slow there)"
     )
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument(
+        "--popcount-rounds",
+        type=int,
+        default=5,
+        help="rounds of the popcount-phase timing (0: skip it)",
+    )
     parser.add_argument("--json", help="write the results to this JSON file")
     args = parser.parse_args(argv)
 
@@ -175,6 +251,13 @@ def main(argv=None):
     for name in args.models:
         rows += measure("model", name, *_whole_models(name), **options)
         print(format_rows(rows[-2:]), flush=True)
+    popcount = popcount_phase(args.popcount_rounds) if args.popcount_rounds > 0 else []
+    for r in popcount:
+        ns = r["ns_per_word_product"]
+        print(
+            f"popcount phase, {r['words']} words x {r['outputs']} outputs: portable "
+            f"{ns['portable']:.3f} ns, simd {ns['simd']:.3f} ns (x{r['simd_speedup']:.2f})"
+        )
     from xnor_larq.benchmarks._common import finish
 
     return finish(
@@ -188,8 +271,10 @@ def main(argv=None):
             "large_repeats": args.large_repeats,
             "batch_size": args.batch_size,
             "batch_1_calls_per_round": BATCH_1_BLOCK,
+            "popcount_rounds": args.popcount_rounds,
         },
         rows=rows,
+        popcount_phase=popcount,
     )
 
 

@@ -130,7 +130,26 @@ def _inference_section(fast):
             f"{values[m]:,.2f} (×{r['speedup_of_compiled'][m]:.1f})" for m in methods
         )
         out.append(f"| {r['kind']} {r['name']} | {r['batch_size']} | {unit} | {cells} |")
-    return out + [""]
+    out.append("")
+    if fast.get("popcount_phase"):
+        out += [
+            "The binary convolution's popcount phase alone, one thread, ns per "
+            "64-bit xor-popcount (medians of "
+            f"{fast['settings'].get('popcount_rounds', '?')} interleaved rounds): the "
+            "compiler's portable loop against `xnor_larq.simd` (AVX2 and scalar "
+            "`popcnt` at once):",
+            "",
+            "| words per field | outputs | portable | simd | simd faster by |",
+            "|---|---|---|---|---|",
+        ]
+        for r in fast["popcount_phase"]:
+            ns = r["ns_per_word_product"]
+            out.append(
+                f"| {r['words']} | {r['outputs']} | {ns['portable']:.3f} ns | "
+                f"{ns['simd']:.3f} ns | ×{r['simd_speedup']:.2f} |"
+            )
+        out.append("")
+    return out
 
 
 # further accuracy files (same format), in the order tuning tried them
