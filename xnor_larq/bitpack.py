@@ -405,7 +405,7 @@ def binary_conv2d(
 @numba.njit(**_JIT)
 def _binary_layer(x, channels, scale, shift, w_packed, tap_sums, kernel_h, kernel_w, stride_h,
                   stride_w, dilation_h, dilation_w, top, left, out_h, out_w, pad_value,
-                  multiplier, offset, use_scale_map, out):  # fmt: skip
+                  multiplier, offset, input_scaling, out):  # fmt: skip
     # pack (with K's channel mean) → K → xor-popcount conv, in one call from Python
     batch, height, width, _ = x.shape
     abs_means = np.empty(batch * height * width, np.float32)
@@ -417,7 +417,7 @@ def _binary_layer(x, channels, scale, shift, w_packed, tap_sums, kernel_h, kerne
     return _binary_conv2d(
         packed, channels, w_packed, tap_sums, kernel_h, kernel_w, stride_h, stride_w, dilation_h,
         dilation_w, top, left, out_h, out_w, pad_value, multiplier, offset,
-        abs_means.reshape(batch, height, width), 2 if use_scale_map else 0, out,
+        abs_means.reshape(batch, height, width), 2 if input_scaling else 0, out,
     )  # fmt: skip
 
 

@@ -117,8 +117,8 @@ class _BufferPool(threading.local):
     predict call (a step run by hand) every array is new.
 
     Steps ask only for outputs of about :data:`MIN_BYTES` or more
-    (:meth:`wants`): smaller arrays come cheap from malloc, and the pool's own Python work
-    (about 7 µs a step here) would cost more than it saves at batch 1.
+    (:meth:`wants`): smaller arrays come cheap from malloc, and the pool's own
+    Python work (about 7 µs a step here) would cost more than it saves at batch 1.
     """
 
     MIN_BYTES = 256 * 1024
