@@ -130,7 +130,7 @@ def test_valid_convolution_larger_than_input_is_refused(rng):
     [((3, 3), (1, 1), (1, 1), "same"), ((7, 7), (2, 2), (1, 1), "same"),
      ((5, 3), (2, 1), (1, 1), "valid"), ((3, 3), (1, 1), (2, 2), "same")],
 )  # fmt: skip
-@pytest.mark.parametrize("outputs", [6, 40])  # the direct loop pads them to 32 and 64
+@pytest.mark.parametrize("outputs", [6, 16, 24, 40])  # 1-4 vector registers, padded or not
 def test_float_conv_matches_tensorflow(rng, kernel, strides, dilation, padding, outputs):
     x = rng.normal(size=(2, 11, 9, 3)).astype("float32")
     weights = rng.normal(size=(*kernel, 3, outputs)).astype("float32")

@@ -625,50 +625,77 @@ def _im2col(x, kernel_h, kernel_w, stride_h, stride_w, dil_h, dil_w, top, left, 
     return columns
 
 
+_accumulate_8, _accumulate_16, _accumulate_24, _accumulate_32 = (
+    simd.float_accumulate[registers] for registers in (1, 2, 3, 4)
+)
+
+
 @numba.njit(parallel=True, **_JIT)
 def _direct_conv(x, kernel, outputs, kernel_h, kernel_w, stride_h, stride_w, dil_h, dil_w, top,
                  left, out_h, out_w, out):  # fmt: skip
-    # kernel: (kh, kw, C, lanes), the outputs zero-padded to a multiple of
-    # DIRECT_CONV_LANES so that the compiler's vector loop covers all of them
+    # kernel: (kh·kw·C, lanes), the outputs zero-padded to a multiple of
+    # FLOAT_LANES. Per output pixel: list the taps inside the input, then sum
+    # them 32 output channels at a time in vector registers (simd.float_accumulate).
     batch, height, width, channels = x.shape
-    lanes = kernel.shape[-1]
+    lanes = kernel.shape[1]
+    x_flat = x.reshape(-1)
+    out_flat = out.reshape(-1)
+    direct = lanes == outputs  # else through a padded per-pixel buffer
     for row in prange(batch * out_h):
         n = row // out_h
         oh = row % out_h
-        total = np.zeros((out_w, lanes), np.float32)
-        for kh in range(kernel_h):
-            ih = oh * stride_h - top + kh * dil_h
-            if ih < 0 or ih >= height:
-                continue
-            for kw in range(kernel_w):
-                for c in range(channels):
-                    for ow in range(out_w):
-                        iw = ow * stride_w - left + kw * dil_w
-                        if iw < 0 or iw >= width:
-                            continue
-                        value = x[n, ih, iw, c]
-                        for o in range(lanes):  # vectorized over output channels
-                            total[ow, o] += value * kernel[kh, kw, c, o]
-        out[n, oh] = total[:, :outputs]
+        offsets = np.empty(kernel_h * kernel_w, np.int64)  # of each tap's first channel in x
+        kernel_rows = np.empty(kernel_h * kernel_w, np.int64)  # and its first kernel row
+        pixel = np.empty(lanes, np.float32)
+        for ow in range(out_w):
+            taps = 0
+            for kh in range(kernel_h):
+                ih = oh * stride_h - top + kh * dil_h
+                if ih < 0 or ih >= height:
+                    continue
+                for kw in range(kernel_w):
+                    iw = ow * stride_w - left + kw * dil_w
+                    if 0 <= iw < width:  # padding adds nothing
+                        offsets[taps] = ((n * height + ih) * width + iw) * channels
+                        kernel_rows[taps] = (kh * kernel_w + kw) * channels
+                        taps += 1
+            target, start = pixel, 0
+            if direct:
+                target, start = out_flat, ((n * out_h + oh) * out_w + ow) * outputs
+            lane = 0
+            while lane + 32 <= lanes:
+                _accumulate_32(x_flat, offsets, kernel_rows, taps, channels, kernel, lane, target,
+                               start)  # fmt: skip
+                lane += 32
+            rest = lanes - lane
+            if rest == 24:
+                _accumulate_24(x_flat, offsets, kernel_rows, taps, channels, kernel, lane, target,
+                               start)  # fmt: skip
+            elif rest == 16:
+                _accumulate_16(x_flat, offsets, kernel_rows, taps, channels, kernel, lane, target,
+                               start)  # fmt: skip
+            elif rest == 8:
+                _accumulate_8(x_flat, offsets, kernel_rows, taps, channels, kernel, lane, target,
+                              start)  # fmt: skip
+            if not direct:
+                for o in range(outputs):
+                    out[n, oh, ow, o] = pixel[o]
     return out
 
 
 #: Below this many multiply-adds per output value (kh·kw·C_in) a float conv
 #: runs as a direct loop; a matrix product that thin wastes BLAS.
 DIRECT_CONV_DEPTH = 32
-#: The direct loop's output channels are padded to a multiple of this: the
-#: compiler vectorizes it 32 floats (4 AVX2 registers) at a time and runs any
-#: rest one by one (16 real outputs: 1.9× slower than 32 padded, measured).
-DIRECT_CONV_LANES = 32
 
 
 class FloatConv2D:
     """A float convolution with its kernel prepared once, for repeated calls.
 
     Thin convolutions (fewer than :data:`DIRECT_CONV_DEPTH` multiply-adds per
-    output value) run as a direct compiled loop over a kernel whose outputs are
-    zero-padded to a multiple of :data:`DIRECT_CONV_LANES`; the rest as im2col
-    plus one BLAS product.
+    output value) run as a direct compiled loop that sums each output pixel in
+    vector registers (:data:`xnor_larq.simd.float_accumulate`, the kernel's
+    outputs zero-padded to a multiple of 8); the rest as im2col plus one BLAS
+    product.
     """
 
     def __init__(self, kernel, *, strides=(1, 1), dilation_rate=(1, 1), padding="valid"):
@@ -684,9 +711,9 @@ class FloatConv2D:
         self.strides, self.dilation_rate, self.padding = strides, dilation_rate, padding
         self.direct = kernel.shape[0] * kernel.shape[1] * kernel.shape[2] < DIRECT_CONV_DEPTH
         if self.direct:
-            lanes = -(-self.outputs // DIRECT_CONV_LANES) * DIRECT_CONV_LANES
-            self.kernel = np.zeros((*kernel.shape[:3], lanes), np.float32)
-            self.kernel[..., : self.outputs] = kernel
+            lanes = -(-self.outputs // simd.FLOAT_LANES) * simd.FLOAT_LANES
+            self.kernel = np.zeros((kernel[..., 0].size, lanes), np.float32)
+            self.kernel[:, : self.outputs] = kernel.reshape(-1, self.outputs)
         else:
             self.kernel = np.ascontiguousarray(kernel.reshape(-1, self.outputs))
 

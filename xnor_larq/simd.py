@@ -1,4 +1,8 @@
-"""A hand-written x86 popcount kernel for :mod:`xnor_larq.bitpack` (LLVM IR via numba).
+"""Hand-written kernels for :mod:`xnor_larq.bitpack`, as LLVM IR through numba.
+
+:func:`popcount_blocks` (x86 with AVX2 only) is the binary convolution's
+popcount phase; :data:`float_accumulate` (any CPU) the inner loop of the thin
+float convolutions that open binary networks.
 
 The binary convolution spends most of its time in one loop: for one output
 pixel, ``counts[o] = Σ_k popcount(patch[k] XOR weight[o, k])`` over the
@@ -24,7 +28,7 @@ from numba import types
 from numba.core import cgutils, config
 from numba.extending import intrinsic
 
-__all__ = ["AVAILABLE", "popcount_blocks"]
+__all__ = ["AVAILABLE", "FLOAT_LANES", "float_accumulate", "popcount_blocks"]
 
 
 def _host_supports_kernel() -> bool:
@@ -182,3 +186,76 @@ def popcount_blocks(typingctx, patches, row, weights, counts):
         return context.get_dummy_value()
 
     return types.void(patches, row, weights, counts), codegen
+
+
+# ------------------------------------------------------ thin float convolutions
+
+_FLOATS = ir.VectorType(ir.FloatType(), 8)
+#: Output channels one vector register holds; :data:`float_accumulate` keeps
+#: 1–4 of them (8–32 channels) in registers for a whole output pixel.
+FLOAT_LANES = 8
+
+
+def _float_accumulate(registers):
+    @intrinsic
+    def accumulate(typingctx, x, offsets, kernel_rows, taps, channels, kernel, lane, out, start):
+        """``out[start + lane + i] = Σ_t Σ_c x[offsets[t] + c] · kernel[kernel_rows[t] + c,
+        lane + i]`` for ``i < 8 · registers``, the sums kept in vector registers.
+
+        ``x``, ``offsets``/``kernel_rows`` (int64) and ``out`` are 1-D, ``kernel``
+        2-D, all C-contiguous float32 (int64 for the offsets); ``taps`` entries of
+        the offsets are used. Nothing is bounds-checked.
+        """
+        arrays = (x, offsets, kernel_rows, kernel, out)
+        if not all(isinstance(a, types.Array) and a.layout == "C" for a in arrays):
+            return None
+        if (x.dtype, kernel.dtype, out.dtype) != (types.float32,) * 3 or kernel.ndim != 2:
+            return None
+        if (offsets.dtype, kernel_rows.dtype) != (types.int64, types.int64):
+            return None
+        signature = types.void(x, offsets, kernel_rows, taps, channels, kernel, lane, out, start)
+
+        def codegen(context, builder, sig, args):
+            b = builder
+
+            def data(index):
+                return context.make_array(sig.args[index])(context, b, args[index]).data
+
+            x_data, offset_data, row_data, out_data = data(0), data(1), data(2), data(7)
+            kernel_array = context.make_array(sig.args[5])(context, b, args[5])
+            taps_, channels_, lane_, start_ = (
+                context.cast(b, args[i], sig.args[i], types.intp) for i in (3, 4, 6, 8)
+            )
+            lanes = cgutils.unpack_tuple(b, kernel_array.shape, 2)[1]
+            zero = ir.Constant(_FLOATS, None)
+            sums = [cgutils.alloca_once_value(b, zero) for _ in range(registers)]
+            with cgutils.for_range(b, taps_) as tap:
+                first = b.load(b.gep(offset_data, [tap.index]))
+                first_row = b.load(b.gep(row_data, [tap.index]))
+                with cgutils.for_range(b, channels_) as channel:
+                    value = b.load(b.gep(x_data, [b.add(first, channel.index)]))
+                    vector = b.insert_element(
+                        ir.Constant(_FLOATS, ir.Undefined), value, ir.Constant(_I32, 0)
+                    )
+                    every_lane = ir.Constant(ir.VectorType(_I32, 8), [0] * 8)
+                    vector = b.shuffle_vector(
+                        vector, ir.Constant(_FLOATS, ir.Undefined), every_lane
+                    )
+                    row = b.add(b.mul(b.add(first_row, channel.index), lanes), lane_)
+                    for register, total in enumerate(sums):
+                        address = b.gep(kernel_array.data, [b.add(row, _i64(8 * register))])
+                        weights = b.load(b.bitcast(address, _FLOATS.as_pointer()), align=4)
+                        product = b.fmul(vector, weights, flags=("fast",))
+                        b.store(b.fadd(b.load(total), product, flags=("fast",)), total)
+            for register, total in enumerate(sums):
+                address = b.gep(out_data, [b.add(b.add(start_, lane_), _i64(8 * register))])
+                b.store(b.load(total), b.bitcast(address, _FLOATS.as_pointer()), align=4)
+            return context.get_dummy_value()
+
+        return signature, codegen
+
+    return accumulate
+
+
+#: ``float_accumulate[r]``: the kernel keeping ``r`` registers (8·r channels), r = 1…4.
+float_accumulate = {registers: _float_accumulate(registers) for registers in (1, 2, 3, 4)}
