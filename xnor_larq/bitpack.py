@@ -421,7 +421,41 @@ def _binary_layer(x, channels, scale, shift, w_packed, tap_sums, kernel_h, kerne
     )  # fmt: skip
 
 
-class BinaryConv2D:
+class _PreparedConv:
+    """What both prepared convolutions share: geometry per input size, input checks.
+
+    Subclasses set ``channels``, ``outputs``, ``kernel_size``, ``strides``,
+    ``dilation_rate`` and ``padding``, then call ``super().__init__()``.
+    """
+
+    def __init__(self):
+        self._windows = {}  # (height, width) -> the kernels' window arguments
+
+    def _window_for(self, size):
+        window = self._windows.get(size)
+        if window is None:
+            window = self._windows[size] = _window(
+                *size, self.kernel_size, self.strides, self.dilation_rate, self.padding
+            )
+        return window
+
+    def output_shape(self, input_shape) -> tuple:
+        """``(N, H', W', outputs)`` for an ``(N, H, W, C)`` input."""
+        return (input_shape[0], *self._window_for(tuple(input_shape[1:3]))[-2:], self.outputs)
+
+    def _checked(self, x):
+        """``x`` as C-contiguous float32 ``(N, H, W, channels)``, and its window arguments."""
+        x = np.ascontiguousarray(x, np.float32)
+        if x.ndim != 4 or x.shape[3] != self.channels:
+            # the compiled loops do not bounds-check: a mismatch would read past the arrays
+            raise ValueError(
+                f"the input must be (batch, height, width, {self.channels}) for this "
+                f"{type(self).__name__}. Received: shape {x.shape}"
+            )
+        return x, self._window_for(x.shape[1:3])
+
+
+class BinaryConv2D(_PreparedConv):
     """A whole binary convolution of float inputs, prepared once for repeated calls.
 
     ``x`` (float32 ``(N, H, W, C)``) is binarized (``sign(x · input_scale +
@@ -474,30 +508,11 @@ class BinaryConv2D:
         self.offset = per_channel("offset", offset, outputs, 0.0)
         self.input_scale = per_channel("input_scale", input_scale, channels, 1.0)
         self.input_shift = per_channel("input_shift", input_shift, channels, 0.0)
-        self._windows = {}  # (height, width) -> the kernels' window arguments
-
-    def _window_for(self, size):
-        window = self._windows.get(size)
-        if window is None:
-            window = self._windows[size] = _window(
-                *size, self.kernel_size, self.strides, self.dilation_rate, self.padding
-            )
-        return window
-
-    def output_shape(self, input_shape) -> tuple:
-        """``(N, H', W', outputs)`` for an ``(N, H, W, C)`` input."""
-        return (input_shape[0], *self._window_for(tuple(input_shape[1:3]))[-2:], self.outputs)
+        super().__init__()
 
     def __call__(self, x, out=None):
         """The layer's output for ``x``, written to ``out`` if given (see :func:`output_array`)."""
-        x = np.ascontiguousarray(x, np.float32)
-        if x.ndim != 4 or x.shape[3] != self.channels:
-            # the compiled loops do not bounds-check: a mismatch would read past the arrays
-            raise ValueError(
-                f"the input must be (batch, height, width, {self.channels}) for this layer. "
-                f"Received: shape {x.shape}"
-            )
-        window = self._window_for(x.shape[1:3])
+        x, window = self._checked(x)
         return _binary_layer(
             x,
             self.channels,
@@ -688,7 +703,7 @@ def _direct_conv(x, kernel, outputs, kernel_h, kernel_w, stride_h, stride_w, dil
 DIRECT_CONV_DEPTH = 32
 
 
-class FloatConv2D:
+class FloatConv2D(_PreparedConv):
     """A float convolution with its kernel prepared once, for repeated calls.
 
     Thin convolutions (fewer than :data:`DIRECT_CONV_DEPTH` multiply-adds per
@@ -716,28 +731,12 @@ class FloatConv2D:
             self.kernel[:, : self.outputs] = kernel.reshape(-1, self.outputs)
         else:
             self.kernel = np.ascontiguousarray(kernel.reshape(-1, self.outputs))
-
-    def output_shape(self, input_shape) -> tuple:
-        """``(N, H', W', outputs)`` for an ``(N, H, W, C)`` input."""
-        window = _window(
-            *input_shape[1:3], self.kernel_size, self.strides, self.dilation_rate, self.padding
-        )
-        return (input_shape[0], *window[-2:], self.outputs)
+        super().__init__()
 
     def __call__(self, x, out=None):
         """The convolution of ``x``, written to ``out`` if given (see :func:`output_array`)."""
-        x = np.ascontiguousarray(x, np.float32)
-        if x.ndim != 4 or x.shape[3] != self.channels:
-            # the compiled loops do not bounds-check: a mismatch would read past the arrays
-            raise ValueError(
-                f"the input must be (batch, height, width, {self.channels}) for this kernel. "
-                f"Received: shape {x.shape}"
-            )
-        batch, height, width, _ = x.shape
-        window = _window(
-            height, width, self.kernel_size, self.strides, self.dilation_rate, self.padding
-        )
-        out = output_array(out, (batch, *window[-2:], self.outputs))
+        x, window = self._checked(x)
+        out = output_array(out, (x.shape[0], *window[-2:], self.outputs))
         if self.direct:
             return _direct_conv(x, self.kernel, self.outputs, *window, out)
         np.matmul(_im2col(x, *window), self.kernel, out=out.reshape(-1, self.outputs))
