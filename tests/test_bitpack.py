@@ -132,7 +132,8 @@ def test_valid_convolution_larger_than_input_is_refused(rng):
 )  # fmt: skip
 @pytest.mark.parametrize("outputs", [6, 16, 24, 40])  # 1-4 vector registers, padded or not
 def test_float_conv_matches_tensorflow(rng, kernel, strides, dilation, padding, outputs):
-    x = rng.normal(size=(2, 11, 9, 3)).astype("float32")
+    # 19 wide: several groups of interior pixels summed together, and border pixels
+    x = rng.normal(size=(2, 11, 19, 3)).astype("float32")
     weights = rng.normal(size=(*kernel, 3, outputs)).astype("float32")
     got = bitpack.float_conv2d(x, weights, strides=strides, dilation_rate=dilation, padding=padding)
     expected = tf.nn.conv2d(x, weights, strides, padding.upper(), dilations=dilation).numpy()

@@ -640,9 +640,54 @@ def _im2col(x, kernel_h, kernel_w, stride_h, stride_w, dil_h, dil_w, top, left, 
     return columns
 
 
-_accumulate_8, _accumulate_16, _accumulate_24, _accumulate_32 = (
-    simd.float_accumulate[registers] for registers in (1, 2, 3, 4)
-)
+_ACCUMULATE = simd.float_accumulate
+_acc_8x1, _acc_16x1, _acc_24x1, _acc_32x1 = (_ACCUMULATE[r, 1] for r in (1, 2, 3, 4))
+_acc_8x2, _acc_16x2, _acc_24x2, _acc_32x2 = (_ACCUMULATE[r, 2] for r in (1, 2, 3, 4))
+_acc_8x4, _acc_16x4 = _ACCUMULATE[1, 4], _ACCUMULATE[2, 4]
+
+
+@numba.njit(inline='always', **_JIT)
+def _accumulate_pixels(pixels, x, offsets, kernel_rows, taps, channels, kernel, out, start,
+                       pixel_step, out_step):  # fmt: skip
+    # All of the kernel's lanes for 1, 2 or 4 (lanes <= 16 only) output pixels:
+    # 32 lanes a call, then the 8-24 left (simd.float_accumulate).
+    lanes = kernel.shape[1]
+    lane = 0
+    while lane < lanes:
+        rest = min(lanes - lane, 32)
+        if pixels == 4:
+            if rest == 16:
+                _acc_16x4(x, offsets, kernel_rows, taps, channels, kernel, lane, out, start,
+                          pixel_step, out_step)  # fmt: skip
+            else:
+                _acc_8x4(x, offsets, kernel_rows, taps, channels, kernel, lane, out, start,
+                         pixel_step, out_step)  # fmt: skip
+        elif pixels == 2:
+            if rest == 32:
+                _acc_32x2(x, offsets, kernel_rows, taps, channels, kernel, lane, out, start,
+                          pixel_step, out_step)  # fmt: skip
+            elif rest == 24:
+                _acc_24x2(x, offsets, kernel_rows, taps, channels, kernel, lane, out, start,
+                          pixel_step, out_step)  # fmt: skip
+            elif rest == 16:
+                _acc_16x2(x, offsets, kernel_rows, taps, channels, kernel, lane, out, start,
+                          pixel_step, out_step)  # fmt: skip
+            else:
+                _acc_8x2(x, offsets, kernel_rows, taps, channels, kernel, lane, out, start,
+                         pixel_step, out_step)  # fmt: skip
+        elif rest == 32:
+            _acc_32x1(x, offsets, kernel_rows, taps, channels, kernel, lane, out, start,
+                      pixel_step, out_step)  # fmt: skip
+        elif rest == 24:
+            _acc_24x1(x, offsets, kernel_rows, taps, channels, kernel, lane, out, start,
+                      pixel_step, out_step)  # fmt: skip
+        elif rest == 16:
+            _acc_16x1(x, offsets, kernel_rows, taps, channels, kernel, lane, out, start,
+                      pixel_step, out_step)  # fmt: skip
+        else:
+            _acc_8x1(x, offsets, kernel_rows, taps, channels, kernel, lane, out, start,
+                     pixel_step, out_step)  # fmt: skip
+        lane += rest
 
 
 @numba.njit(parallel=True, **_JIT)
@@ -650,23 +695,43 @@ def _direct_conv(x, kernel, outputs, kernel_h, kernel_w, stride_h, stride_w, dil
                  left, out_h, out_w, out):  # fmt: skip
     # kernel: (kh·kw·C, lanes), the outputs zero-padded to a multiple of
     # FLOAT_LANES. Per output pixel: list the taps inside the input, then sum
-    # them 32 output channels at a time in vector registers (simd.float_accumulate).
+    # them in vector registers (simd.float_accumulate). Where every tap of a
+    # group of neighbouring pixels is inside the input (the interior), the
+    # group is summed in one pass that loads each weight once.
     batch, height, width, channels = x.shape
     lanes = kernel.shape[1]
     x_flat = x.reshape(-1)
     out_flat = out.reshape(-1)
     direct = lanes == outputs  # else through a padded per-pixel buffer
+    group = 4 if lanes <= 16 else 2
+    # the output columns whose taps are all inside the input's width
+    first_inside = -(-left // stride_w)
+    end_inside = min(out_w, (width - 1 - (kernel_w - 1) * dil_w + left) // stride_w + 1)
     for row in prange(batch * out_h):
         n = row // out_h
         oh = row % out_h
         offsets = np.empty(kernel_h * kernel_w, np.int64)  # of each tap's first channel in x
         kernel_rows = np.empty(kernel_h * kernel_w, np.int64)  # and its first kernel row
-        pixel = np.empty(lanes, np.float32)
-        for ow in range(out_w):
+        pixels = np.empty(group * lanes, np.float32)
+        ow = 0
+        while ow < out_w:
+            count = 1
+            if first_inside <= ow and ow + group <= end_inside:
+                count = group
             taps = 0
+            run = channels  # floats a tap covers in x and in the kernel rows
             for kh in range(kernel_h):
                 ih = oh * stride_h - top + kh * dil_h
                 if ih < 0 or ih >= height:
+                    continue
+                if count > 1 and dil_w == 1:
+                    # a whole kernel row inside the input: kw·C floats in a row
+                    # of x and of the kernel, summed as one tap
+                    iw = ow * stride_w - left
+                    offsets[taps] = ((n * height + ih) * width + iw) * channels
+                    kernel_rows[taps] = kh * kernel_w * channels
+                    run = kernel_w * channels
+                    taps += 1
                     continue
                 for kw in range(kernel_w):
                     iw = ow * stride_w - left + kw * dil_w
@@ -674,27 +739,16 @@ def _direct_conv(x, kernel, outputs, kernel_h, kernel_w, stride_h, stride_w, dil
                         offsets[taps] = ((n * height + ih) * width + iw) * channels
                         kernel_rows[taps] = (kh * kernel_w + kw) * channels
                         taps += 1
-            target, start = pixel, 0
+            target, start = pixels, 0
             if direct:
                 target, start = out_flat, ((n * out_h + oh) * out_w + ow) * outputs
-            lane = 0
-            while lane + 32 <= lanes:
-                _accumulate_32(x_flat, offsets, kernel_rows, taps, channels, kernel, lane, target,
-                               start)  # fmt: skip
-                lane += 32
-            rest = lanes - lane
-            if rest == 24:
-                _accumulate_24(x_flat, offsets, kernel_rows, taps, channels, kernel, lane, target,
-                               start)  # fmt: skip
-            elif rest == 16:
-                _accumulate_16(x_flat, offsets, kernel_rows, taps, channels, kernel, lane, target,
-                               start)  # fmt: skip
-            elif rest == 8:
-                _accumulate_8(x_flat, offsets, kernel_rows, taps, channels, kernel, lane, target,
-                              start)  # fmt: skip
+            _accumulate_pixels(count, x_flat, offsets, kernel_rows, taps, run, kernel,
+                               target, start, stride_w * channels, lanes)  # fmt: skip
             if not direct:
-                for o in range(outputs):
-                    out[n, oh, ow, o] = pixel[o]
+                for p in range(count):
+                    for o in range(outputs):
+                        out[n, oh, ow + p, o] = pixels[p * lanes + o]
+            ow += count
     return out
 
 
@@ -709,8 +763,9 @@ class FloatConv2D(_PreparedConv):
     Thin convolutions (fewer than :data:`DIRECT_CONV_DEPTH` multiply-adds per
     output value) run as a direct compiled loop that sums each output pixel in
     vector registers (:data:`xnor_larq.simd.float_accumulate`, the kernel's
-    outputs zero-padded to a multiple of 8); the rest as im2col plus one BLAS
-    product.
+    outputs zero-padded to a multiple of 8; in the interior 2 or 4 neighbouring
+    pixels at once, each kernel row as one run of ``kw·C`` floats); the rest as
+    im2col plus one BLAS product.
     """
 
     def __init__(self, kernel, *, strides=(1, 1), dilation_rate=(1, 1), padding="valid"):

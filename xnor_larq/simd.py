@@ -196,15 +196,19 @@ _FLOATS = ir.VectorType(ir.FloatType(), 8)
 FLOAT_LANES = 8
 
 
-def _float_accumulate(registers):
+def _float_accumulate(registers, pixels):
     @intrinsic
-    def accumulate(typingctx, x, offsets, kernel_rows, taps, channels, kernel, lane, out, start):
-        """``out[start + lane + i] = Σ_t Σ_c x[offsets[t] + c] · kernel[kernel_rows[t] + c,
-        lane + i]`` for ``i < 8 · registers``, the sums kept in vector registers.
+    def accumulate(typingctx, x, offsets, kernel_rows, taps, channels, kernel, lane, out, start,
+                   pixel_step, out_step):  # fmt: skip
+        """``out[start + p·out_step + lane + i] = Σ_t Σ_c x[offsets[t] + p·pixel_step + c] ·
+        kernel[kernel_rows[t] + c, lane + i]`` for ``i < 8 · registers`` and each of
+        ``pixels`` output pixels ``p``, the sums kept in vector registers.
 
         ``x``, ``offsets``/``kernel_rows`` (int64) and ``out`` are 1-D, ``kernel``
         2-D, all C-contiguous float32 (int64 for the offsets); ``taps`` entries of
-        the offsets are used. Nothing is bounds-checked.
+        the offsets are used. The pixels share each weight load (and their sums
+        are independent chains, so the additions' latency overlaps). Nothing is
+        bounds-checked.
         """
         arrays = (x, offsets, kernel_rows, kernel, out)
         if not all(isinstance(a, types.Array) and a.layout == "C" for a in arrays):
@@ -213,7 +217,9 @@ def _float_accumulate(registers):
             return None
         if (offsets.dtype, kernel_rows.dtype) != (types.int64, types.int64):
             return None
-        signature = types.void(x, offsets, kernel_rows, taps, channels, kernel, lane, out, start)
+        signature = types.void(
+            x, offsets, kernel_rows, taps, channels, kernel, lane, out, start, pixel_step, out_step
+        )
 
         def codegen(context, builder, sig, args):
             b = builder
@@ -223,33 +229,43 @@ def _float_accumulate(registers):
 
             x_data, offset_data, row_data, out_data = data(0), data(1), data(2), data(7)
             kernel_array = context.make_array(sig.args[5])(context, b, args[5])
-            taps_, channels_, lane_, start_ = (
-                context.cast(b, args[i], sig.args[i], types.intp) for i in (3, 4, 6, 8)
+            taps_, channels_, lane_, start_, pixel_step_, out_step_ = (
+                context.cast(b, args[i], sig.args[i], types.intp) for i in (3, 4, 6, 8, 9, 10)
             )
             lanes = cgutils.unpack_tuple(b, kernel_array.shape, 2)[1]
             zero = ir.Constant(_FLOATS, None)
-            sums = [cgutils.alloca_once_value(b, zero) for _ in range(registers)]
+            sums = [
+                [cgutils.alloca_once_value(b, zero) for _ in range(registers)]
+                for _ in range(pixels)
+            ]
+            every_lane = ir.Constant(ir.VectorType(_I32, 8), [0] * 8)
             with cgutils.for_range(b, taps_) as tap:
                 first = b.load(b.gep(offset_data, [tap.index]))
                 first_row = b.load(b.gep(row_data, [tap.index]))
                 with cgutils.for_range(b, channels_) as channel:
-                    value = b.load(b.gep(x_data, [b.add(first, channel.index)]))
-                    vector = b.insert_element(
-                        ir.Constant(_FLOATS, ir.Undefined), value, ir.Constant(_I32, 0)
-                    )
-                    every_lane = ir.Constant(ir.VectorType(_I32, 8), [0] * 8)
-                    vector = b.shuffle_vector(
-                        vector, ir.Constant(_FLOATS, ir.Undefined), every_lane
-                    )
                     row = b.add(b.mul(b.add(first_row, channel.index), lanes), lane_)
-                    for register, total in enumerate(sums):
+                    weights = []
+                    for register in range(registers):
                         address = b.gep(kernel_array.data, [b.add(row, _i64(8 * register))])
-                        weights = b.load(b.bitcast(address, _FLOATS.as_pointer()), align=4)
-                        product = b.fmul(vector, weights, flags=("fast",))
-                        b.store(b.fadd(b.load(total), product, flags=("fast",)), total)
-            for register, total in enumerate(sums):
-                address = b.gep(out_data, [b.add(b.add(start_, lane_), _i64(8 * register))])
-                b.store(b.load(total), b.bitcast(address, _FLOATS.as_pointer()), align=4)
+                        weights.append(b.load(b.bitcast(address, _FLOATS.as_pointer()), align=4))
+                    source = b.add(first, channel.index)
+                    for pixel in range(pixels):
+                        index = b.add(source, b.mul(pixel_step_, _i64(pixel)))
+                        value = b.load(b.gep(x_data, [index]))
+                        vector = b.insert_element(
+                            ir.Constant(_FLOATS, ir.Undefined), value, ir.Constant(_I32, 0)
+                        )
+                        vector = b.shuffle_vector(
+                            vector, ir.Constant(_FLOATS, ir.Undefined), every_lane
+                        )
+                        for total, weight in zip(sums[pixel], weights):
+                            product = b.fmul(vector, weight, flags=("fast",))
+                            b.store(b.fadd(b.load(total), product, flags=("fast",)), total)
+            for pixel in range(pixels):
+                first_out = b.add(b.add(start_, lane_), b.mul(out_step_, _i64(pixel)))
+                for register, total in enumerate(sums[pixel]):
+                    address = b.gep(out_data, [b.add(first_out, _i64(8 * register))])
+                    b.store(b.load(total), b.bitcast(address, _FLOATS.as_pointer()), align=4)
             return context.get_dummy_value()
 
         return signature, codegen
@@ -257,5 +273,12 @@ def _float_accumulate(registers):
     return accumulate
 
 
-#: ``float_accumulate[r]``: the kernel keeping ``r`` registers (8·r channels), r = 1…4.
-float_accumulate = {registers: _float_accumulate(registers) for registers in (1, 2, 3, 4)}
+#: ``float_accumulate[r, p]``: the kernel keeping ``r`` registers (8·r channels)
+#: of ``p`` pixels: r = 1…4, p = 1, 2 or 4, at most 8 sums (of 16 AVX
+#: registers; the rest hold weights and inputs).
+float_accumulate = {
+    (registers, pixels): _float_accumulate(registers, pixels)
+    for registers in (1, 2, 3, 4)
+    for pixels in (1, 2, 4)
+    if registers * pixels <= 8
+}
