@@ -646,7 +646,7 @@ _acc_8x2, _acc_16x2, _acc_24x2, _acc_32x2 = (_ACCUMULATE[r, 2] for r in (1, 2, 3
 _acc_8x4, _acc_16x4 = _ACCUMULATE[1, 4], _ACCUMULATE[2, 4]
 
 
-@numba.njit(inline='always', **_JIT)
+@numba.njit(inline="always", **_JIT)
 def _accumulate_pixels(pixels, x, offsets, kernel_rows, taps, channels, kernel, out, start,
                        pixel_step, out_step):  # fmt: skip
     # All of the kernel's lanes for 1, 2 or 4 (lanes <= 16 only) output pixels:
