@@ -206,6 +206,27 @@ def test_whole_binary_layer_equals_its_three_steps(
     np.testing.assert_array_equal(layer(x), expected)
 
 
+@pytest.mark.parametrize("h,w,c,o,kernel,strides,dilation,padding,pad_value", CASES)
+@pytest.mark.parametrize("pool_size", [(2, 2), (3, 2), (1, 2)])
+def test_whole_binary_layer_with_a_fused_pool_equals_conv_then_pool(
+    rng, h, w, c, o, kernel, strides, dilation, padding, pad_value, pool_size
+):
+    x = rng.normal(size=(2, h, w, c)).astype("float32")
+    packed, tap_sums = bitpack.pack_weights(signs(rng, (*kernel, c, o)))
+    options = dict(
+        strides=strides, dilation_rate=dilation, padding=padding, pad_value=pad_value,
+        multiplier=rng.normal(size=o), offset=rng.normal(size=o), input_scaling=True,
+        input_shift=rng.normal(size=c),
+    )  # fmt: skip
+    conv = bitpack.BinaryConv2D(packed, tap_sums, c, kernel, **options)
+    if any(size < pool for size, pool in zip(conv.output_shape(x.shape)[1:3], pool_size)):
+        pytest.skip("the conv output is smaller than the pool")
+    pooled = bitpack.BinaryConv2D(packed, tap_sums, c, kernel, pool_size=pool_size, **options)
+    expected = bitpack.max_pool2d(conv(x), pool_size, pool_size, "valid")
+    assert pooled.output_shape(x.shape) == expected.shape
+    np.testing.assert_array_equal(pooled(x), expected)
+
+
 def test_whole_binary_layer_refuses_bad_arguments_and_inputs(rng):
     packed, tap_sums = bitpack.pack_weights(signs(rng, (3, 3, 8, 6)))
     with pytest.raises(ValueError, match=r"`w_packed` must be the \(2, 3, 4\) array"):
@@ -218,6 +239,12 @@ def test_whole_binary_layer_refuses_bad_arguments_and_inputs(rng):
         bitpack.BinaryConv2D(packed, tap_sums, 8, (3, 3), pad_value=2)
     with pytest.raises(ValueError, match=r"`offset` must have shape \(6,\). Received: \(5,\)"):
         bitpack.BinaryConv2D(packed, tap_sums, 8, (3, 3), offset=np.zeros(5))
+    with pytest.raises(ValueError, match=r"`pool_size` must be two positive integers.*\(0, 2\)"):
+        bitpack.BinaryConv2D(packed, tap_sums, 8, (3, 3), pool_size=(0, 2))
+    pooled = bitpack.BinaryConv2D(packed, tap_sums, 8, (3, 3), pool_size=(4, 4))
+    with pytest.raises(ValueError, match="4×4 max-pool needs a conv output of at least 4×4. "
+                       "Received: 3×3"):  # fmt: skip
+        pooled(np.zeros((1, 5, 5, 8), np.float32))
     layer = bitpack.BinaryConv2D(packed, tap_sums, 8, (3, 3))
     with pytest.raises(ValueError, match=r"\(batch, height, width, 8\).*shape \(1, 5, 5, 7\)"):
         layer(np.zeros((1, 5, 5, 7), np.float32))

@@ -173,119 +173,139 @@ def _popcount_blocks_portable(patches, row, w_packed, counts):
 _popcount_blocks = simd.popcount_blocks if simd.AVAILABLE else _popcount_blocks_portable
 
 
-@numba.njit(parallel=True, **_JIT)
-def _binary_conv2d(
-    x_packed,
-    channels,
-    w_packed,
-    tap_sums,
-    kernel_h,
-    kernel_w,
-    stride_h,
-    stride_w,
-    dilation_h,
-    dilation_w,
-    pad_top,
-    pad_left,
-    out_h,
-    out_w,
-    pad_value,
-    multiplier,
-    offset,
-    scale_map,
-    scale_mode,
-    out,
-):
-    # scale_mode: 0 no scale; 1 scale_map (N, H', W') given; 2 scale_map is the
-    # input's channel mean (N, H, W) and K, its box mean, is computed here
-    # while gathering (the same taps, no pass of its own).
+@numba.njit(inline="always", **_JIT)
+def _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction, kernel_h, kernel_w,
+                     stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left, out_w,
+                     multiplier, offset, scale_map, scale_mode, n, oh, patches, padded,
+                     any_padded, input_scaling, correction, no_correction, counts,
+                     target):  # fmt: skip
+    # One output row (n, oh) into target (out_w, outputs): first gather every
+    # receptive field of the row into its bit string, then xor-popcount them
+    # against the weights. The other arrays after `oh` are the task's scratch.
     batch, height, width, in_words = x_packed.shape
-    blocks, words, _ = w_packed.shape
     outputs = tap_sums.shape[0]
     taps = kernel_h * kernel_w
     # float32 holds these integers exactly (|dot| < 2**24)
     full_dot = np.float32(taps * channels)
+    padded[:, :] = False
+    any_padded[:] = False
+    for ow in range(out_w):
+        # Append the taps' bits to the field's bit string in order, a word
+        # at a time in a register (each patch word is stored once).
+        current = np.uint64(0)
+        filled = 0
+        index = 0
+        mean_total = np.float32(0.0)
+        for kh in range(kernel_h):
+            ih = oh * stride_h - pad_top + kh * dilation_h
+            for kw in range(kernel_w):
+                iw = ow * stride_w - pad_left + kw * dilation_w
+                outside = ih < 0 or ih >= height or iw < 0 or iw >= width
+                if outside:
+                    padded[ow, kh * kernel_w + kw] = True
+                    any_padded[ow] = True
+                elif scale_mode == 2:  # padding counts as 0 in K's box mean
+                    mean_total += scale_map[n, ih, iw]
+                for j in range(in_words):
+                    # a padded tap is gathered as +1 (clear bits)
+                    value = np.uint64(0) if outside else x_packed[n, ih, iw, j]
+                    bits = min(64, channels - j * 64)
+                    current |= value << np.uint64(filled)
+                    filled += bits
+                    if filled >= 64:
+                        patches[ow, index] = current
+                        index += 1
+                        filled -= 64
+                        # the value's bits that did not fit (none if it ended the word)
+                        current = value >> np.uint64(bits - filled) if filled > 0 else np.uint64(0)
+        if filled > 0:
+            patches[ow, index] = current
+        input_scaling[ow] = mean_total * np.float32(1.0 / taps)
+    # Padding correction of each output channel for the current pixel's set of
+    # padded taps; recomputed only where that set changes (near the borders).
+    corrected_for = -1
+    for ow in range(out_w):
+        if any_padded[ow]:
+            same = corrected_for >= 0
+            if same:
+                for tap in range(taps):
+                    if padded[ow, tap] != padded[corrected_for, tap]:
+                        same = False
+                        break
+            if not same:
+                # Padded taps were gathered as +1 (contributing tap_sums);
+                # they should contribute pad_value · tap_sums. Taps outer,
+                # channels inner: a vector add per padded tap.
+                correction[:] = 0
+                for tap in range(taps):
+                    if padded[ow, tap]:
+                        for o in range(outputs):
+                            correction[o] += pad_correction[tap, o]
+                corrected_for = ow
+        scale = np.float32(1.0)
+        if scale_mode == 1:
+            scale = scale_map[n, oh, ow]
+        elif scale_mode == 2:
+            scale = input_scaling[ow]
+        _popcount_blocks(patches, ow, w_packed, counts)
+        # The epilogue as one simple loop over the channels, in float32 so
+        # that it vectorizes (int64 → float conversions would not).
+        shift = correction if any_padded[ow] else no_correction
+        for o in range(outputs):
+            dot = full_dot - np.float32(2) * np.float32(counts[o]) + np.float32(shift[o])
+            target[ow, o] = dot * multiplier[o] * scale + offset[o]
+
+
+@numba.njit(parallel=True, **_JIT)
+def _binary_conv2d(x_packed, channels, w_packed, tap_sums, kernel_h, kernel_w, stride_h, stride_w,
+                   dilation_h, dilation_w, pad_top, pad_left, out_h, out_w, pad_value, multiplier,
+                   offset, scale_map, scale_mode, pool_h, pool_w, out):  # fmt: skip
+    # scale_mode: 0 no scale; 1 scale_map (N, H', W') given; 2 scale_map is the
+    # input's channel mean (N, H, W) and K, its box mean, is computed here
+    # while gathering (the same taps, no pass of its own).
+    # pool_h × pool_w > 1: a max-pool with strides equal to the pool and no
+    # padding follows; `out` is (N, H' // pool_h, W' // pool_w, O) and each
+    # task computes the pool_h conv rows of one pooled row in a row buffer.
+    batch = x_packed.shape[0]
+    blocks, words, _ = w_packed.shape
+    outputs = tap_sums.shape[0]
+    taps = kernel_h * kernel_w
+    pooled = pool_h * pool_w > 1
+    rows = out.shape[1]  # output rows, pooled or not
     # what a padded tap adds to each channel's dot, (taps, outputs)
     pad_correction = np.ascontiguousarray(tap_sums.T) * np.int32(pad_value - 1)
-    # One task per output row: first gather every receptive field of the row
-    # into its bit string, then xor-popcount them against the weights.
-    for row in prange(batch * out_h):
-        n = row // out_h
-        oh = row % out_h
+    for task in prange(batch * rows):
+        n = task // rows
+        row = task % rows
         patches = np.empty((out_w, words), np.uint64)
         padded = np.zeros((out_w, taps), np.bool_)
         any_padded = np.zeros(out_w, np.bool_)
         input_scaling = np.empty(out_w, np.float32)  # K of each pixel, mode 2
-        for ow in range(out_w):
-            # Append the taps' bits to the field's bit string in order, a word
-            # at a time in a register (each patch word is stored once).
-            current = np.uint64(0)
-            filled = 0
-            index = 0
-            mean_total = np.float32(0.0)
-            for kh in range(kernel_h):
-                ih = oh * stride_h - pad_top + kh * dilation_h
-                for kw in range(kernel_w):
-                    iw = ow * stride_w - pad_left + kw * dilation_w
-                    outside = ih < 0 or ih >= height or iw < 0 or iw >= width
-                    if outside:
-                        padded[ow, kh * kernel_w + kw] = True
-                        any_padded[ow] = True
-                    elif scale_mode == 2:  # padding counts as 0 in K's box mean
-                        mean_total += scale_map[n, ih, iw]
-                    for j in range(in_words):
-                        # a padded tap is gathered as +1 (clear bits)
-                        value = np.uint64(0) if outside else x_packed[n, ih, iw, j]
-                        bits = min(64, channels - j * 64)
-                        current |= value << np.uint64(filled)
-                        filled += bits
-                        if filled >= 64:
-                            patches[ow, index] = current
-                            index += 1
-                            filled -= 64
-                            # the value's bits that did not fit (none if it ended the word)
-                            current = (
-                                value >> np.uint64(bits - filled) if filled > 0 else np.uint64(0)
-                            )
-            if filled > 0:
-                patches[ow, index] = current
-            input_scaling[ow] = mean_total * np.float32(1.0 / taps)
-        # Padding correction of each output channel for the current pixel's set of
-        # padded taps; recomputed only where that set changes (near the borders).
         correction = np.zeros(blocks * 4, np.int32)
         no_correction = np.zeros(blocks * 4, np.int32)
         counts = np.empty(blocks * 4, np.int32)
-        corrected_for = -1
-        for ow in range(out_w):
-            if any_padded[ow]:
-                same = corrected_for >= 0
-                if same:
-                    for tap in range(taps):
-                        if padded[ow, tap] != padded[corrected_for, tap]:
-                            same = False
-                            break
-                if not same:
-                    # Padded taps were gathered as +1 (contributing tap_sums);
-                    # they should contribute pad_value · tap_sums. Taps outer,
-                    # channels inner: a vector add per padded tap.
-                    correction[:] = 0
-                    for tap in range(taps):
-                        if padded[ow, tap]:
-                            for o in range(outputs):
-                                correction[o] += pad_correction[tap, o]
-                    corrected_for = ow
-            scale = np.float32(1.0)
-            if scale_mode == 1:
-                scale = scale_map[n, oh, ow]
-            elif scale_mode == 2:
-                scale = input_scaling[ow]
-            _popcount_blocks(patches, ow, w_packed, counts)
-            # The epilogue as one simple loop over the channels, in float32 so
-            # that it vectorizes (int64 → float conversions would not).
-            shift = correction if any_padded[ow] else no_correction
-            for o in range(outputs):
-                dot = full_dot - np.float32(2) * np.float32(counts[o]) + np.float32(shift[o])
-                out[n, oh, ow, o] = dot * multiplier[o] * scale + offset[o]
+        if not pooled:
+            _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction, kernel_h,
+                             kernel_w, stride_h, stride_w, dilation_h, dilation_w, pad_top,
+                             pad_left, out_w, multiplier, offset, scale_map, scale_mode, n, row,
+                             patches, padded, any_padded, input_scaling, correction,
+                             no_correction, counts, out[n, row])  # fmt: skip
+            continue
+        conv_row = np.empty((out_w, outputs), np.float32)
+        target = out[n, row]
+        target[:, :] = -np.inf
+        for ph in range(pool_h):
+            _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction, kernel_h,
+                             kernel_w, stride_h, stride_w, dilation_h, dilation_w, pad_top,
+                             pad_left, out_w, multiplier, offset, scale_map, scale_mode, n,
+                             row * pool_h + ph, patches, padded, any_padded, input_scaling,
+                             correction, no_correction, counts, conv_row)  # fmt: skip
+            for column in range(target.shape[0]):
+                for pw in range(pool_w):
+                    source = conv_row[column * pool_w + pw]
+                    pixel = target[column]
+                    for o in range(outputs):  # vectorized over channels
+                        pixel[o] = max(pixel[o], source[o])
     return out
 
 
@@ -398,6 +418,8 @@ def binary_conv2d(
         np.ascontiguousarray(offset, np.float32),
         np.ascontiguousarray(scale_map, np.float32),
         scale_mode,
+        1,
+        1,
         output_array(out, (x_packed.shape[0], *window[-2:], outputs)),
     )
 
@@ -405,8 +427,9 @@ def binary_conv2d(
 @numba.njit(**_JIT)
 def _binary_layer(x, channels, scale, shift, w_packed, tap_sums, kernel_h, kernel_w, stride_h,
                   stride_w, dilation_h, dilation_w, top, left, out_h, out_w, pad_value,
-                  multiplier, offset, input_scaling, out):  # fmt: skip
-    # pack (with K's channel mean) → K → xor-popcount conv, in one call from Python
+                  multiplier, offset, input_scaling, pool_h, pool_w, out):  # fmt: skip
+    # pack (with K's channel mean) → K → xor-popcount conv (→ max-pool), in one
+    # call from Python
     batch, height, width, _ = x.shape
     abs_means = np.empty(batch * height * width, np.float32)
     packed = _pack_rows(
@@ -417,7 +440,7 @@ def _binary_layer(x, channels, scale, shift, w_packed, tap_sums, kernel_h, kerne
     return _binary_conv2d(
         packed, channels, w_packed, tap_sums, kernel_h, kernel_w, stride_h, stride_w, dilation_h,
         dilation_w, top, left, out_h, out_w, pad_value, multiplier, offset,
-        abs_means.reshape(batch, height, width), 2 if input_scaling else 0, out,
+        abs_means.reshape(batch, height, width), 2 if input_scaling else 0, pool_h, pool_w, out,
     )  # fmt: skip
 
 
@@ -468,12 +491,23 @@ class BinaryConv2D(_PreparedConv):
     while gathering the receptive fields: at batch 1 the Python overhead of
     three calls is a large part of a small layer's time, and K's own pass over
     the map is saved at every batch size.
+
+    ``pool_size`` ``(ph, pw)``: a max-pool that follows (strides equal to the
+    pool, "valid" padding, Keras's default) computed in the same call: the
+    conv rows of each pooled row go through a row buffer, so the full-size
+    output is never stored.
     """
 
     def __init__(self, w_packed, tap_sums, channels, kernel_size, *, strides=(1, 1),
                  dilation_rate=(1, 1), padding="valid", pad_value=0, multiplier=None,
-                 offset=None, input_scale=None, input_shift=None, input_scaling=False):  # fmt: skip
+                 offset=None, input_scale=None, input_shift=None, input_scaling=False,
+                 pool_size=(1, 1)):  # fmt: skip
         outputs, taps = tap_sums.shape
+        pool_size = tuple(pool_size)
+        if len(pool_size) != 2 or not all(isinstance(p, int) and p >= 1 for p in pool_size):
+            raise ValueError(
+                f"`pool_size` must be two positive integers. Received: pool_size={pool_size!r}"
+            )
         if taps != kernel_size[0] * kernel_size[1]:
             raise ValueError(
                 f"`tap_sums` must be (outputs, {kernel_size[0] * kernel_size[1]}) for a "
@@ -504,11 +538,23 @@ class BinaryConv2D(_PreparedConv):
         self.channels, self.outputs = channels, outputs
         self.kernel_size, self.strides, self.dilation_rate = kernel_size, strides, dilation_rate
         self.padding, self.pad_value, self.input_scaling = padding, int(pad_value), input_scaling
+        self.pool_size = pool_size
         self.multiplier = per_channel("multiplier", multiplier, outputs, 1.0)
         self.offset = per_channel("offset", offset, outputs, 0.0)
         self.input_scale = per_channel("input_scale", input_scale, channels, 1.0)
         self.input_shift = per_channel("input_shift", input_shift, channels, 0.0)
         super().__init__()
+
+    def output_shape(self, input_shape) -> tuple:
+        """``(N, H', W', outputs)`` for an ``(N, H, W, C)`` input, after the pool if any."""
+        batch, height, width, outputs = super().output_shape(input_shape)
+        pool_h, pool_w = self.pool_size
+        if height < pool_h or width < pool_w:
+            raise ValueError(
+                f"a {pool_h}×{pool_w} max-pool needs a conv output of at least "
+                f"{pool_h}×{pool_w}. Received: {height}×{width}"
+            )
+        return batch, height // pool_h, width // pool_w, outputs
 
     def __call__(self, x, out=None):
         """The layer's output for ``x``, written to ``out`` if given (see :func:`output_array`)."""
@@ -525,7 +571,8 @@ class BinaryConv2D(_PreparedConv):
             self.multiplier,
             self.offset,
             self.input_scaling,
-            output_array(out, (x.shape[0], *window[-2:], self.outputs)),
+            *self.pool_size,
+            output_array(out, self.output_shape(x.shape)),
         )
 
 

@@ -5,8 +5,9 @@ Larq's binary ``QuantConv2D``/``QuantDense``) into a :class:`CompiledModel`
 whose binary layers run as compiled xor + popcount kernels
 (:mod:`xnor_larq.bitpack`, numba, multithreaded), with weights packed 64 to a
 word. α, K, bias and a directly following BatchNormalization are folded into
-one float epilogue; the float layers (first/last layers, BN, pooling,
-activations) run in numpy or TensorFlow::
+one float epilogue, and a max-pool after that (strides equal to the pool, no
+padding) runs in the same compiled call; the float layers (first/last layers,
+BN, other pooling, activations) run in numpy or TensorFlow::
 
     fast = xnor_larq.inference.compile(model)
     probabilities = fast.predict(images)      # == model.predict(images)
@@ -170,7 +171,8 @@ class BinaryLayer:
     offset: np.ndarray
     input_scaling: bool
     activation: object = None
-    folded: list = field(default_factory=list)  # names of folded BN layers
+    folded: list = field(default_factory=list)  # names of the BN and pool layers folded in
+    pool_size: tuple = (1, 1)  # a following max-pool computed in the same call
     # a BatchNormalization just before the layer, applied while packing its input
     input_scale: np.ndarray | None = None
     input_shift: np.ndarray | None = None
@@ -198,6 +200,7 @@ class BinaryLayer:
                 input_scale=self.input_scale,
                 input_shift=self.input_shift,
                 input_scaling=self.input_scaling,
+                pool_size=self.pool_size,
             )
         if self.kind == "dense":
             x = x.reshape(x.shape[0], 1, 1, x.shape[-1])
@@ -298,6 +301,22 @@ def _fold_before(binary: BinaryLayer, bn_layer) -> bool:
         return False
     binary.input_scale, binary.input_shift = (v.astype(np.float32) for v in affine)
     binary.folded.insert(0, bn_layer.name)
+    return True
+
+
+def _fold_pool(binary: BinaryLayer, layer) -> bool:
+    """Compute a max-pool that directly follows binary conv ``binary`` in its call.
+
+    Only the common form is fused: no padding, strides equal to the pool.
+    """
+    if binary.kind != "conv" or binary.activation is not None:
+        return False
+    if not isinstance(layer, tf.keras.layers.MaxPool2D) or layer.data_format != "channels_last":
+        return False
+    if layer.padding != "valid" or tuple(layer.strides) != tuple(layer.pool_size):
+        return False
+    binary.pool_size = tuple(layer.pool_size)
+    binary.folded.append(layer.name)
     return True
 
 
@@ -583,10 +602,15 @@ def compile(
             ):
                 steps.remove(producer_step)
                 inputs = producer_step.inputs
-            following = consumers.get(output_id, [])
-            if len(following) == 1 and output_id not in output_ids and _fold(binary, following[0]):
-                skipped.add(following[0].name)
-                output_id = id(following[0].output)
+            for fold in (_fold, _fold_pool):  # a BN, then a max-pool, computed in the call
+                following = consumers.get(output_id, [])
+                if (
+                    len(following) == 1
+                    and output_id not in output_ids
+                    and fold(binary, following[0])
+                ):
+                    skipped.add(following[0].name)
+                    output_id = id(following[0].output)
             binary._buffers = buffers
             binary_layers.append(binary)
             run = binary
