@@ -1,4 +1,4 @@
-"""The popcount phase of the binary convolution (xnor_larq.simd and its portable twin)."""
+"""The hand-written kernels of xnor_larq.simd against numpy (and the portable popcount loop)."""
 
 import numba
 import numpy as np
@@ -67,3 +67,32 @@ def test_simd_kernel_refuses_wrong_types():
 
     with pytest.raises(numba.core.errors.TypingError):
         call(np.zeros((2, 3), np.int64), np.zeros((1, 3, 4), np.uint64), np.zeros(4, np.int32))
+
+
+@numba.njit
+def _pack_signs(values, start, scale, shift, channels, packed, packed_start):
+    return simd.pack_signs(values, start, scale, shift, channels, packed, packed_start)
+
+
+@pytest.mark.parametrize("channels", [1, 7, 8, 16, 63, 64, 65, 72, 130])
+def test_pack_signs_equals_numpy(rng, channels):
+    # two rows back to back, packed after two words already in the output
+    values = rng.normal(size=2 * channels).astype(np.float32)
+    scale = rng.normal(size=channels).astype(np.float32)
+    shift = rng.normal(size=channels).astype(np.float32)
+    words = -(-channels // 64)
+    packed = np.full(2 + words, 7, np.uint64)
+    total = _pack_signs(values, channels, scale, shift, channels, packed, 2)
+    affine = values[channels:] * scale + shift
+    expected = [0] * words  # bit c % 64 of word c // 64, as Python integers
+    for c in np.flatnonzero(affine < 0):
+        expected[c // 64] |= 1 << int(c % 64)
+    assert packed[2:].tolist() == expected
+    assert packed[:2].tolist() == [7, 7]  # nothing before packed_start is touched
+    np.testing.assert_allclose(total, np.abs(affine).sum(), rtol=1e-5)
+
+
+def test_pack_signs_refuses_wrong_types():
+    with pytest.raises(numba.core.errors.TypingError):
+        _pack_signs(np.zeros(8), 0, np.ones(8, np.float32), np.zeros(8, np.float32), 8,
+                    np.zeros(1, np.uint64), 0)  # fmt: skip

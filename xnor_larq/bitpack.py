@@ -69,19 +69,13 @@ def _popcount(typingctx, value):
 def _pack_rows(values, scale, shift, words, abs_means):
     # values: (rows, bits) float32 -> (rows, words) uint64, bit set where
     # values[r, c] · scale[c] + shift[c] < 0 (a folded BatchNorm, or 1 and 0);
-    # abs_means[r] = mean |that| (for K) in the same pass.
+    # abs_means[r] = mean |that| (for K) in the same pass (simd.pack_signs).
     rows, bits = values.shape
     packed = np.empty((rows, words), np.uint64)
+    flat_values = values.reshape(-1)
+    flat_packed = packed.reshape(-1)
     for r in prange(rows):
-        total = np.float32(0.0)
-        for w in range(words):
-            word = np.uint64(0)
-            for i in range(min(64, bits - w * 64)):
-                c = w * 64 + i
-                value = values[r, c] * scale[c] + shift[c]
-                total += abs(value)
-                word |= np.uint64(value < 0) << np.uint64(i)
-            packed[r, w] = word
+        total = simd.pack_signs(flat_values, r * bits, scale, shift, bits, flat_packed, r * words)
         abs_means[r] = total / bits
     return packed
 
