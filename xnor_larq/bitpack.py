@@ -168,11 +168,51 @@ _popcount_blocks = simd.popcount_blocks if simd.AVAILABLE else _popcount_blocks_
 
 
 @numba.njit(inline="always", **_JIT)
+def _row_box_mean(channel_mean, n, oh, kernel_h, kernel_w, stride_h, stride_w, dil_h, dil_w, top,
+                  left, out_w, column_sums, out):  # fmt: skip
+    # K of output row (n, oh): the window mean of channel_mean, padding counted
+    # as 0. Summed per input column over the window's rows first (a loop over
+    # the width that vectorizes), then across each window's columns: the same
+    # order of additions as _box_mean.
+    batch, height, width = channel_mean.shape
+    column_sums[:] = 0
+    for kh in range(kernel_h):
+        ih = oh * stride_h - top + kh * dil_h
+        if 0 <= ih < height:
+            for column in range(max(0, left), min(column_sums.shape[0], width + left)):
+                column_sums[column] += channel_mean[n, ih, column - left]
+    inverse = np.float32(1.0 / (kernel_h * kernel_w))
+    for ow in range(out_w):
+        total = np.float32(0.0)
+        for kw in range(kernel_w):
+            total += column_sums[ow * stride_w + kw * dil_w]
+        out[ow] = total * inverse
+
+
+@numba.njit(inline="always", **_JIT)
+def _dense_rows(x_packed, n, top_row, kernel_h, dilation_h, channels, dense_rows):
+    # dense_rows[kh]: input row top_row + kh·dilation_h of image n (C <= 64
+    # bits a pixel, one word each in x_packed) as one bit string, pixel iw at
+    # bits iw·C ... iw·C + C - 1; a clear word after the end.
+    width = x_packed.shape[2]
+    for kh in range(kernel_h):
+        ih = top_row + kh * dilation_h
+        dense_rows[kh, :] = 0
+        for iw in range(width):
+            bit = iw * channels
+            value = x_packed[n, ih, iw, 0]
+            offset = bit & 63
+            dense_rows[kh, bit >> 6] |= value << np.uint64(offset)
+            if offset + channels > 64:
+                dense_rows[kh, (bit >> 6) + 1] |= value >> np.uint64(64 - offset)
+
+
+@numba.njit(inline="always", **_JIT)
 def _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction, kernel_h, kernel_w,
                      stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left, out_w,
                      multiplier, offset, scale_map, scale_mode, n, oh, patches, padded,
-                     any_padded, input_scaling, correction, no_correction, counts,
-                     target):  # fmt: skip
+                     any_padded, input_scaling, column_sums, dense_rows, correction,
+                     no_correction, counts, target):  # fmt: skip
     # One output row (n, oh) into target (out_w, outputs): first gather every
     # receptive field of the row into its bit string, then xor-popcount them
     # against the weights. The other arrays after `oh` are the task's scratch.
@@ -183,13 +223,51 @@ def _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction, ker
     full_dot = np.float32(taps * channels)
     padded[:, :] = False
     any_padded[:] = False
+    # Thin inputs (a kernel row's kw·C bits fit a word, e.g. 3×3 over 16
+    # channels): the window's input rows are first laid out as dense bit
+    # strings (pixel after pixel, C bits each), so that an interior pixel's
+    # field is kh shifted reads, one per kernel row, instead of kh·kw taps.
+    run = kernel_w * channels  # bits of one kernel row
+    top_row = oh * stride_h - pad_top
+    dense = (
+        run <= 64
+        and dilation_w == 1
+        and top_row >= 0
+        and top_row + (kernel_h - 1) * dilation_h < height
+    )
+    first_inside = -(-pad_left // stride_w)
+    end_inside = (width - 1 - (kernel_w - 1) + pad_left) // stride_w + 1
+    if dense:
+        _dense_rows(x_packed, n, top_row, kernel_h, dilation_h, channels, dense_rows)
+    run_mask = ~np.uint64(0) >> np.uint64(64 - run) if dense else np.uint64(0)
     for ow in range(out_w):
-        # Append the taps' bits to the field's bit string in order, a word
-        # at a time in a register (each patch word is stored once).
         current = np.uint64(0)
         filled = 0
         index = 0
-        mean_total = np.float32(0.0)
+        if dense and first_inside <= ow < end_inside:
+            start = (ow * stride_w - pad_left) * channels
+            word = start >> 6
+            shift = np.uint64(start & 63)
+            for kh in range(kernel_h):
+                # the run's bits from two words; the second shifted in two
+                # steps so that shift = 0 takes none of it
+                low = dense_rows[kh, word] >> shift
+                high = (dense_rows[kh, word + 1] << np.uint64(1)) << (np.uint64(63) - shift)
+                value = (low | high) & run_mask
+                current |= value << np.uint64(filled)
+                filled += run
+                if filled >= 64:
+                    patches[ow, index] = current
+                    index += 1
+                    filled -= 64
+                    current = value >> np.uint64(run - filled) if filled > 0 else np.uint64(0)
+            if filled > 0:
+                patches[ow, index] = current
+            continue
+        # Append the taps' bits to the field's bit string in order, a word
+        # at a time in a register (each patch word is stored once).
+        filled = 0
+        index = 0
         for kh in range(kernel_h):
             ih = oh * stride_h - pad_top + kh * dilation_h
             for kw in range(kernel_w):
@@ -198,8 +276,6 @@ def _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction, ker
                 if outside:
                     padded[ow, kh * kernel_w + kw] = True
                     any_padded[ow] = True
-                elif scale_mode == 2:  # padding counts as 0 in K's box mean
-                    mean_total += scale_map[n, ih, iw]
                 for j in range(in_words):
                     # a padded tap is gathered as +1 (clear bits)
                     value = np.uint64(0) if outside else x_packed[n, ih, iw, j]
@@ -214,7 +290,9 @@ def _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction, ker
                         current = value >> np.uint64(bits - filled) if filled > 0 else np.uint64(0)
         if filled > 0:
             patches[ow, index] = current
-        input_scaling[ow] = mean_total * np.float32(1.0 / taps)
+    if scale_mode == 2:
+        _row_box_mean(scale_map, n, oh, kernel_h, kernel_w, stride_h, stride_w, dilation_h,
+                      dilation_w, pad_top, pad_left, out_w, column_sums, input_scaling)  # fmt: skip
     # Padding correction of each output channel for the current pixel's set of
     # padded taps; recomputed only where that set changes (near the borders).
     corrected_for = -1
@@ -260,7 +338,7 @@ def _binary_conv2d(x_packed, channels, w_packed, tap_sums, kernel_h, kernel_w, s
     # pool_h × pool_w > 1: a max-pool with strides equal to the pool and no
     # padding follows; `out` is (N, H' // pool_h, W' // pool_w, O) and each
     # task computes the pool_h conv rows of one pooled row in a row buffer.
-    batch = x_packed.shape[0]
+    batch, _, width, _ = x_packed.shape
     blocks, words, _ = w_packed.shape
     outputs = tap_sums.shape[0]
     taps = kernel_h * kernel_w
@@ -268,6 +346,8 @@ def _binary_conv2d(x_packed, channels, w_packed, tap_sums, kernel_h, kernel_w, s
     rows = out.shape[1]  # output rows, pooled or not
     # what a padded tap adds to each channel's dot, (taps, outputs)
     pad_correction = np.ascontiguousarray(tap_sums.T) * np.int32(pad_value - 1)
+    # input columns a row's windows span, padding included
+    columns = (out_w - 1) * stride_w + (kernel_w - 1) * dilation_w + 1
     for task in prange(batch * rows):
         n = task // rows
         row = task % rows
@@ -275,6 +355,9 @@ def _binary_conv2d(x_packed, channels, w_packed, tap_sums, kernel_h, kernel_w, s
         padded = np.zeros((out_w, taps), np.bool_)
         any_padded = np.zeros(out_w, np.bool_)
         input_scaling = np.empty(out_w, np.float32)  # K of each pixel, mode 2
+        column_sums = np.empty(columns, np.float32)  # K's column sums, mode 2
+        # the window's input rows as dense bit strings (thin inputs)
+        dense_rows = np.empty((kernel_h, (width * channels + 63) // 64 + 1), np.uint64)
         correction = np.zeros(blocks * 4, np.int32)
         no_correction = np.zeros(blocks * 4, np.int32)
         counts = np.empty(blocks * 4, np.int32)
@@ -282,8 +365,9 @@ def _binary_conv2d(x_packed, channels, w_packed, tap_sums, kernel_h, kernel_w, s
             _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction, kernel_h,
                              kernel_w, stride_h, stride_w, dilation_h, dilation_w, pad_top,
                              pad_left, out_w, multiplier, offset, scale_map, scale_mode, n, row,
-                             patches, padded, any_padded, input_scaling, correction,
-                             no_correction, counts, out[n, row])  # fmt: skip
+                             patches, padded, any_padded, input_scaling, column_sums,
+                             dense_rows, correction, no_correction, counts,
+                             out[n, row])  # fmt: skip
             continue
         conv_row = np.empty((out_w, outputs), np.float32)
         target = out[n, row]
@@ -293,7 +377,8 @@ def _binary_conv2d(x_packed, channels, w_packed, tap_sums, kernel_h, kernel_w, s
                              kernel_w, stride_h, stride_w, dilation_h, dilation_w, pad_top,
                              pad_left, out_w, multiplier, offset, scale_map, scale_mode, n,
                              row * pool_h + ph, patches, padded, any_padded, input_scaling,
-                             correction, no_correction, counts, conv_row)  # fmt: skip
+                             column_sums, dense_rows, correction, no_correction, counts,
+                             conv_row)  # fmt: skip
             for column in range(target.shape[0]):
                 for pw in range(pool_w):
                     source = conv_row[column * pool_w + pw]
@@ -574,23 +659,14 @@ class BinaryConv2D(_PreparedConv):
 def _box_mean(
     channel_mean, kernel_h, kernel_w, stride_h, stride_w, dil_h, dil_w, top, left, out_h, out_w
 ):
-    batch, height, width = channel_mean.shape
-    out = np.zeros((batch, out_h, out_w), np.float32)
-    inverse = np.float32(1.0 / (kernel_h * kernel_w))
+    batch = channel_mean.shape[0]
+    out = np.empty((batch, out_h, out_w), np.float32)
+    columns = (out_w - 1) * stride_w + (kernel_w - 1) * dil_w + 1
     for row in prange(batch * out_h):
-        n = row // out_h
-        oh = row % out_h
-        for ow in range(out_w):
-            total = np.float32(0.0)
-            for kh in range(kernel_h):
-                ih = oh * stride_h - top + kh * dil_h
-                if ih < 0 or ih >= height:
-                    continue
-                for kw in range(kernel_w):
-                    iw = ow * stride_w - left + kw * dil_w
-                    if 0 <= iw < width:
-                        total += channel_mean[n, ih, iw]
-            out[n, oh, ow] = total * inverse
+        column_sums = np.empty(columns, np.float32)
+        _row_box_mean(channel_mean, row // out_h, row % out_h, kernel_h, kernel_w, stride_h,
+                      stride_w, dil_h, dil_w, top, left, out_w, column_sums,
+                      out[row // out_h, row % out_h])  # fmt: skip
     return out
 
 
