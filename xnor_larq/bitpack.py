@@ -266,8 +266,6 @@ def _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction, ker
             continue
         # Append the taps' bits to the field's bit string in order, a word
         # at a time in a register (each patch word is stored once).
-        filled = 0
-        index = 0
         for kh in range(kernel_h):
             ih = oh * stride_h - pad_top + kh * dilation_h
             for kw in range(kernel_w):
