@@ -283,3 +283,11 @@ def test_a_wrong_output_array_is_refused(rng, out, received):
         ValueError, match=rf"`out` must be .* of shape \(2, 3, 3, 5\)\. Received: .*{received}"
     ):
         bitpack.max_pool2d(x, (3, 3), (2, 2), "same", out)
+
+
+def test_compiled_softmax_matches_tensorflow(rng):
+    logits = (rng.normal(size=(5, 10)) * 30).astype("float32")  # large: the max is subtracted
+    expected = tf.nn.softmax(logits).numpy()
+    np.testing.assert_allclose(bitpack.softmax(logits), expected, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match=r"2-D \(batch, classes\). Received: shape \(2, 3, 4\)"):
+        bitpack.softmax(np.zeros((2, 3, 4), np.float32))

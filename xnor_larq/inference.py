@@ -423,11 +423,13 @@ def _conv_op(layer, buffers):
 
 
 def _softmax(x):
+    if x.ndim == 2:
+        return _bitpack().softmax(x)
     shifted = np.exp(x - x.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
-#: Activations computed in numpy (others go through TensorFlow).
+#: Activations computed in numpy or compiled (others go through TensorFlow).
 _NUMPY_ACTIVATIONS = {
     "linear": lambda x: x,
     "relu": lambda x: np.maximum(x, 0, dtype=np.float32),
