@@ -28,7 +28,15 @@ from numba import types
 from numba.core import cgutils, config
 from numba.extending import intrinsic
 
-__all__ = ["AVAILABLE", "FLOAT_LANES", "float_accumulate", "pack_signs", "popcount_blocks"]
+__all__ = [
+    "AVAILABLE",
+    "FIXED_WORDS",
+    "FLOAT_LANES",
+    "float_accumulate",
+    "pack_signs",
+    "popcount_blocks",
+    "popcount_blocks_fixed",
+]
 
 
 def _host_supports_kernel() -> bool:
@@ -67,12 +75,14 @@ def _bytes(values):
 class _Emitter:
     """IR for one call: the vector and scalar popcount steps and their loops."""
 
-    def __init__(self, context, builder, signature, args):
+    def __init__(self, context, builder, signature, args, words=None):
         self.builder = builder
         patches = context.make_array(signature.args[0])(context, builder, args[0])
         weights = context.make_array(signature.args[2])(context, builder, args[2])
         counts = context.make_array(signature.args[3])(context, builder, args[3])
         self.words = cgutils.unpack_tuple(builder, patches.shape, 2)[1]
+        if words is not None:  # a known count: the compiler unrolls the word loop
+            self.words = _i64(words)
         self.blocks = cgutils.unpack_tuple(builder, weights.shape, 3)[0]
         row = context.cast(builder, args[1], signature.args[1], types.intp)
         self.patch = builder.gep(patches.data, [builder.mul(row, self.words)])
@@ -162,20 +172,26 @@ def popcount_blocks(typingctx, patches, row, weights, counts):
     Only for CPUs with AVX2 (:data:`AVAILABLE`).
     """
 
+    if not _popcount_types(patches, row, weights, counts):
+        return None
+    return types.void(patches, row, weights, counts), _popcount_codegen(None)
+
+
+def _popcount_types(patches, row, weights, counts):
     def c_array(a, dtype, ndim):
         return isinstance(a, types.Array) and (a.dtype, a.ndim, a.layout) == (dtype, ndim, "C")
 
-    if not (
+    return (
         c_array(patches, types.uint64, 2)
         and c_array(weights, types.uint64, 3)
         and c_array(counts, types.int32, 1)
-    ):
-        return None
-    if not isinstance(row, types.Integer):
-        return None
+        and isinstance(row, types.Integer)
+    )
 
+
+def _popcount_codegen(words):
     def codegen(context, builder, signature, args):
-        emit = _Emitter(context, builder, signature, args)
+        emit = _Emitter(context, builder, signature, args, words)
         pairs = builder.udiv(emit.blocks, _i64(2))
         with cgutils.for_range(builder, pairs) as pair:
             first = builder.mul(pair.index, _i64(2))
@@ -185,7 +201,27 @@ def popcount_blocks(typingctx, patches, row, weights, counts):
             emit.blocks_pass(builder.sub(emit.blocks, _i64(1)))
         return context.get_dummy_value()
 
-    return types.void(patches, row, weights, counts), codegen
+    return codegen
+
+
+def _fixed(words):
+    @intrinsic
+    def popcount_blocks_fixed(typingctx, patches, row, weights, counts):
+        if not _popcount_types(patches, row, weights, counts):
+            return None
+        return types.void(patches, row, weights, counts), _popcount_codegen(words)
+
+    return popcount_blocks_fixed
+
+
+#: Fields of at most this many words have kernels of their own.
+FIXED_WORDS = 8
+
+#: ``popcount_blocks_fixed[w]``: :func:`popcount_blocks` for patches of exactly
+#: ``w`` words (1 … :data:`FIXED_WORDS`; not checked). With the count known the
+#: compiler unrolls the word loop: 1.2–1.4× faster at the 3–8 words of thin
+#: layers' fields (one thread, this project's Zen CPU).
+popcount_blocks_fixed = {words: _fixed(words) for words in range(1, FIXED_WORDS + 1)}
 
 
 # ------------------------------------------------------ thin float convolutions
