@@ -18,7 +18,8 @@ is than each::
     python -m xnor_larq.benchmarks.inference --json docs/results/inference.json
 
 It also times the binary convolution's popcount phase alone, the portable
-compiled loop against the AVX2 + scalar kernel of :mod:`xnor_larq.simd`, one
+compiled loop against the AVX2 + scalar kernels of :mod:`xnor_larq.simd` (as
+the convolution picks them: unrolled for fields of up to 8 words), one
 thread, side by side (:data:`POPCOUNT_SHAPES`).
 """
 
@@ -152,7 +153,8 @@ def popcount_phase(rounds=5, word_products=40_000_000):
 
     if not simd.AVAILABLE:
         return []
-    kernels = {"portable": bitpack._popcount_blocks_portable, "simd": simd.popcount_blocks}
+    # "simd": what the convolution runs (unrolled for fields of up to 8 words)
+    kernels = {"portable": bitpack._popcount_blocks_portable, "simd": bitpack._popcount_blocks}
     runners = {name: _pixel_loop(kernel) for name, kernel in kernels.items()}
     rng = np.random.default_rng(0)
     threads = numba.get_num_threads()
