@@ -24,13 +24,13 @@ _NEEDS_AVX2 = pytest.mark.skipif(not simd.AVAILABLE, reason="needs AVX2")
 KERNELS = {
     "portable": bitpack._popcount_blocks_portable,
     "simd": pytest.param(_simd_counts, marks=_NEEDS_AVX2),
-    # the kernels unrolled for 1-8 words (simd.popcount_blocks_fixed), by word count
+    # the kernels unrolled for 1-9 words (simd.popcount_blocks_fixed), by word count
     "simd_fixed": pytest.param(bitpack._popcount_blocks_simd, marks=_NEEDS_AVX2),
 }
 
 
 @pytest.mark.parametrize("kernel", KERNELS.values(), ids=KERNELS.keys())
-@pytest.mark.parametrize("words", [1, 2, 3, 5, 8, 9, 30, 31, 32, 62, 63, 70])
+@pytest.mark.parametrize("words", [1, 2, 3, 5, 8, 9, 10, 30, 31, 32, 62, 63, 70])
 @pytest.mark.parametrize("blocks", [1, 2, 5])
 def test_counts_equal_numpy(kernel, words, blocks):
     rng = np.random.default_rng(words * 10 + blocks)

@@ -163,7 +163,7 @@ def _popcount_blocks_portable(patches, row, w_packed, counts):
         counts[block * 4 + 3] = np.int32(m3)
 
 
-_fixed_1, _fixed_2, _fixed_3, _fixed_4, _fixed_5, _fixed_6, _fixed_7, _fixed_8 = (
+_fixed_1, _fixed_2, _fixed_3, _fixed_4, _fixed_5, _fixed_6, _fixed_7, _fixed_8, _fixed_9 = (
     simd.popcount_blocks_fixed[words] for words in range(1, simd.FIXED_WORDS + 1)
 )
 
@@ -188,6 +188,8 @@ def _popcount_blocks_simd(patches, row, w_packed, counts):
         _fixed_7(patches, row, w_packed, counts)
     elif words == 8:
         _fixed_8(patches, row, w_packed, counts)
+    elif words == 9:
+        _fixed_9(patches, row, w_packed, counts)
     else:
         simd.popcount_blocks(patches, row, w_packed, counts)
 

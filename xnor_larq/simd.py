@@ -215,12 +215,12 @@ def _fixed(words):
 
 
 #: Fields of at most this many words have kernels of their own.
-FIXED_WORDS = 8
+FIXED_WORDS = 9
 
 #: ``popcount_blocks_fixed[w]``: :func:`popcount_blocks` for patches of exactly
 #: ``w`` words (1 … :data:`FIXED_WORDS`; not checked). With the count known the
-#: compiler unrolls the word loop: 1.2–1.4× faster at the 3–8 words of thin
-#: layers' fields (one thread, this project's Zen CPU).
+#: compiler unrolls the word loop: 1.2–1.4× faster at the 3–9 words of thin
+#: layers' fields (3×3 over 16–64 channels; one thread, this project's Zen CPU).
 popcount_blocks_fixed = {words: _fixed(words) for words in range(1, FIXED_WORDS + 1)}
 
 

@@ -19,7 +19,7 @@ is than each::
 
 It also times the binary convolution's popcount phase alone, the portable
 compiled loop against the AVX2 + scalar kernels of :mod:`xnor_larq.simd` (as
-the convolution picks them: unrolled for fields of up to 8 words), one
+the convolution picks them: unrolled for fields of up to 9 words), one
 thread, side by side (:data:`POPCOUNT_SHAPES`).
 """
 
@@ -153,7 +153,7 @@ def popcount_phase(rounds=5, word_products=40_000_000):
 
     if not simd.AVAILABLE:
         return []
-    # "simd": what the convolution runs (unrolled for fields of up to 8 words)
+    # "simd": what the convolution runs (unrolled for fields of up to 9 words)
     kernels = {"portable": bitpack._popcount_blocks_portable, "simd": bitpack._popcount_blocks}
     runners = {name: _pixel_loop(kernel) for name, kernel in kernels.items()}
     rng = np.random.default_rng(0)

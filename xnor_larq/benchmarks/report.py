@@ -137,7 +137,7 @@ def _inference_section(fast):
             "64-bit xor-popcount (medians of "
             f"{fast['settings'].get('popcount_rounds', '?')} interleaved rounds): the "
             "compiler's portable loop against `xnor_larq.simd` (AVX2 and scalar "
-            "`popcnt` at once; the word loop unrolled for fields of up to 8 words):",
+            "`popcnt` at once; the word loop unrolled for fields of up to 9 words):",
             "",
             "| words per field | outputs | portable | simd | simd faster by |",
             "|---|---|---|---|---|",
