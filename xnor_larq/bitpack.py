@@ -200,6 +200,14 @@ _popcount_blocks = _popcount_blocks_simd if simd.AVAILABLE else _popcount_blocks
 
 
 @numba.njit(inline="always", **_JIT)
+def _inside_columns(width, kernel_w, stride_w, dil_w, left, out_w):
+    # [first, end): the output columns whose taps all lie inside the input's width
+    first = -(-left // stride_w)
+    end = min(out_w, (width - 1 - (kernel_w - 1) * dil_w + left) // stride_w + 1)
+    return first, end
+
+
+@numba.njit(inline="always", **_JIT)
 def _row_box_mean(channel_mean, n, oh, kernel_h, kernel_w, stride_h, stride_w, dil_h, dil_w, top,
                   left, out_w, column_sums, out):  # fmt: skip
     # K of output row (n, oh): the window mean of channel_mean, padding counted
@@ -267,8 +275,9 @@ def _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction, ker
         and top_row >= 0
         and top_row + (kernel_h - 1) * dilation_h < height
     )
-    first_inside = -(-pad_left // stride_w)
-    end_inside = (width - 1 - (kernel_w - 1) + pad_left) // stride_w + 1
+    first_inside, end_inside = _inside_columns(
+        width, kernel_w, stride_w, dilation_w, pad_left, out_w
+    )
     if dense:
         _dense_rows(x_packed, n, top_row, kernel_h, dilation_h, channels, dense_rows)
     run_mask = ~np.uint64(0) >> np.uint64(64 - run) if dense else np.uint64(0)
@@ -377,7 +386,9 @@ def _binary_conv2d(x_packed, channels, w_packed, tap_sums, kernel_h, kernel_w, s
     # what a padded tap adds to each channel's dot, (taps, outputs)
     pad_correction = np.ascontiguousarray(tap_sums.T) * np.int32(pad_value - 1)
     # input columns a row's windows span, padding included
-    columns = (out_w - 1) * stride_w + (kernel_w - 1) * dilation_w + 1
+    columns = (out_w - 1) * stride_w + (kernel_w - 1) * dilation_w + 1 if scale_mode == 2 else 0
+    # a kernel row's bits fit a word: the dense-row gather (else no scratch for it)
+    dense_words = (width * channels + 63) // 64 + 1 if kernel_w * channels <= 64 else 0
     for task in prange(batch * rows):
         n = task // rows
         row = task % rows
@@ -387,7 +398,7 @@ def _binary_conv2d(x_packed, channels, w_packed, tap_sums, kernel_h, kernel_w, s
         input_scaling = np.empty(out_w, np.float32)  # K of each pixel, mode 2
         column_sums = np.empty(columns, np.float32)  # K's column sums, mode 2
         # the window's input rows as dense bit strings (thin inputs)
-        dense_rows = np.empty((kernel_h, (width * channels + 63) // 64 + 1), np.uint64)
+        dense_rows = np.empty((kernel_h, dense_words), np.uint64)
         correction = np.zeros(blocks * 4, np.int32)
         no_correction = np.zeros(blocks * 4, np.int32)
         counts = np.empty(blocks * 4, np.int32)
@@ -852,8 +863,7 @@ def _direct_conv(x, kernel, outputs, kernel_h, kernel_w, stride_h, stride_w, dil
     direct = lanes == outputs  # else through a padded per-pixel buffer
     group = 4 if lanes <= 16 else 2
     # the output columns whose taps are all inside the input's width
-    first_inside = -(-left // stride_w)
-    end_inside = min(out_w, (width - 1 - (kernel_w - 1) * dil_w + left) // stride_w + 1)
+    first_inside, end_inside = _inside_columns(width, kernel_w, stride_w, dil_w, left, out_w)
     for row in prange(batch * out_h):
         n = row // out_h
         oh = row % out_h

@@ -131,7 +131,8 @@ class _BufferPool(threading.local):
 
     def wants(self, x, channels_out=None) -> bool:
         """Whether a step from ``x`` to about as many pixels of ``channels_out``
-        channels (default: as many as ``x``) should use an array from :meth:`take`."""
+        channels (default: as many as ``x``; fractional for fewer pixels) should
+        use an array from :meth:`take`."""
         size = x.nbytes if channels_out is None else x.nbytes // x.shape[-1] * channels_out
         return self.active and size >= self.MIN_BYTES
 
@@ -205,7 +206,9 @@ class BinaryLayer:
         if self.kind == "dense":
             x = x.reshape(x.shape[0], 1, 1, x.shape[-1])
         out = None
-        if self._buffers is not None and self._buffers.wants(x, self.tap_sums.shape[0]):
+        # a fused pool leaves outputs on 1 / (ph·pw) of the pixels
+        per_pixel = self.tap_sums.shape[0] / (self.pool_size[0] * self.pool_size[1])
+        if self._buffers is not None and self._buffers.wants(x, per_pixel):
             out = self._buffers.take(self._kernel.output_shape(x.shape))
         out = self._kernel(x, out)
         if self.activation is not None:
