@@ -227,6 +227,11 @@ def test_inference_bench_writes_json_and_its_table(tmp_path):
         assert r["speedup_of_compiled"]["compiled"] == 1.0
     latency = fast["rows"][0]["latency_ms"]["compiled"]
     assert f"| layer conv_14x14x256 | 1 | ms per image | {latency:,.2f} (×1.0) |" in doc.read_text()
+    # the CPU's microarchitecture (LLVM's name, as numba compiles for it) is recorded and shown
+    import llvmlite.binding as llvm
+
+    assert fast["machine"]["cpu_microarchitecture"] == llvm.get_host_cpu_name()
+    assert f"({llvm.get_host_cpu_name()})" in doc.read_text()
     from xnor_larq import simd
     from xnor_larq.benchmarks.inference import POPCOUNT_SHAPES
 

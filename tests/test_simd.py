@@ -41,6 +41,37 @@ def test_counts_equal_numpy(kernel, words, blocks):
     np.testing.assert_array_equal(counts, reference_counts(patches, 1, weights))
 
 
+def _layout_runner(words, vector_blocks):
+    kernel = simd.popcount_kernel(words, vector_blocks)
+
+    @numba.njit
+    def run(patches, row, weights, counts):
+        kernel(patches, row, weights, counts)
+
+    return run
+
+
+@_NEEDS_AVX2
+@pytest.mark.parametrize("vector_blocks", [1, 2, 3])
+@pytest.mark.parametrize("fixed", [False, True], ids=["any_words", "fixed_words"])
+@pytest.mark.parametrize("words", [3, 40])
+def test_every_pass_layout_counts_every_block(vector_blocks, fixed, words):
+    # blocks 1 … 8 leave every remainder of the (vector_blocks + 1)-block passes
+    run = _layout_runner(words if fixed else None, vector_blocks)
+    rng = np.random.default_rng(vector_blocks * 100 + words)
+    patches = rng.integers(0, 2**64, (2, words), dtype=np.uint64, endpoint=False)
+    for blocks in range(1, 9):
+        weights = rng.integers(0, 2**64, (blocks, words, 4), dtype=np.uint64, endpoint=False)
+        counts = np.full(4 * blocks, -1, np.int32)
+        run(patches, 1, weights, counts)
+        np.testing.assert_array_equal(counts, reference_counts(patches, 1, weights))
+
+
+def test_popcount_kernel_refuses_no_vector_block():
+    with pytest.raises(ValueError, match="vector_blocks"):
+        simd.popcount_kernel(3, 0)
+
+
 @pytest.mark.parametrize("kernel", KERNELS.values(), ids=KERNELS.keys())
 @pytest.mark.parametrize("words", [31, 32, 93, 100])
 def test_all_bits_set_do_not_overflow(kernel, words):

@@ -9,11 +9,11 @@ pixel, ``counts[o] = Σ_k popcount(patch[k] XOR weight[o, k])`` over the
 packed receptive field. Left to itself, the compiler runs every output channel
 through AVX2's nibble-lookup popcount (``vpshufb``), which keeps the vector
 unit busy while the scalar integer units sit idle. This kernel splits the work
-between them: each pass over the words handles one block of four output
-channels in AVX2 registers and the next block with scalar ``popcnt``, so both
-units run at once: 1.4× (36 words a field) to 2.1× (3 words) the compiler's
-loop, one thread on this project's Zen CPU (``xnor-larq bench inference``,
-``docs/RESULTS.md``). The vector half also adds the per-byte counts
+between them: each pass over the words handles :data:`VECTOR_BLOCKS` blocks of
+four output channels in AVX2 registers (2 on full-width AVX2 CPUs, 1 on Zen 1)
+and the next block with scalar ``popcnt``, so both units run at once (the
+speed-ups over the compiler's loop are in ``docs/RESULTS.md``, from
+``xnor-larq bench inference``). The vector half also adds the per-byte counts
 up for 31 words before one horizontal sum (``vpsadbw``), instead of after each
 word.
 
@@ -36,6 +36,8 @@ __all__ = [
     "pack_signs",
     "popcount_blocks",
     "popcount_blocks_fixed",
+    "popcount_kernel",
+    "VECTOR_BLOCKS",
 ]
 
 
@@ -134,11 +136,11 @@ class _Emitter:
         target = b.gep(self.counts, [b.mul(block, _i64(4))])
         b.store(b.trunc(quads, _COUNTS), b.bitcast(target, _COUNTS.as_pointer()), align=4)
 
-    def blocks_pass(self, vector_block, scalar_block=None):
-        """Counts of one vector block (and one scalar block) in one pass over the words."""
+    def blocks_pass(self, vector_blocks, scalar_block=None):
+        """Counts of some vector blocks (and one scalar block) in one pass over the words."""
         b = self.builder
-        quads = cgutils.alloca_once_value(b, ir.Constant(_QUADS, None))
-        byte_sums = cgutils.alloca_once_value(b, self.zero_bytes)
+        quads = [cgutils.alloca_once_value(b, ir.Constant(_QUADS, None)) for _ in vector_blocks]
+        byte_sums = [cgutils.alloca_once_value(b, self.zero_bytes) for _ in vector_blocks]
         sums = [cgutils.alloca_once_value(b, _i64(0)) for _ in range(4 if scalar_block else 0)]
         step = _i64(_WORDS_PER_BYTE_SUM)
         chunks = b.udiv(b.add(self.words, _i64(_WORDS_PER_BYTE_SUM - 1)), step)
@@ -146,15 +148,19 @@ class _Emitter:
             start = b.mul(chunk.index, step)
             stop = b.add(start, step)
             stop = b.select(b.icmp_unsigned("<", self.words, stop), self.words, stop)
-            b.store(self.zero_bytes, byte_sums)
+            for byte_sum in byte_sums:
+                b.store(self.zero_bytes, byte_sum)
             with cgutils.for_range_slice(b, start, stop, _i64(1), inc=True) as (k, _):
                 word = b.load(b.gep(self.patch, [k]))
-                self.vector_step(vector_block, k, word, byte_sums)
+                for block, byte_sum in zip(vector_blocks, byte_sums):
+                    self.vector_step(block, k, word, byte_sum)
                 if scalar_block is not None:
                     self.scalar_step(scalar_block, k, word, sums)
-            horizontal = b.call(self.psadbw, [b.load(byte_sums), self.zero_bytes])
-            b.store(b.add(b.load(quads), horizontal), quads)
-        self.store(vector_block, b.load(quads))
+            for total, byte_sum in zip(quads, byte_sums):
+                horizontal = b.call(self.psadbw, [b.load(byte_sum), self.zero_bytes])
+                b.store(b.add(b.load(total), horizontal), total)
+        for block, total in zip(vector_blocks, quads):
+            self.store(block, b.load(total))
         if scalar_block is not None:
             scalar = ir.Constant(_QUADS, ir.Undefined)
             for j, total in enumerate(sums):
@@ -162,19 +168,74 @@ class _Emitter:
             self.store(scalar_block, scalar)
 
 
-@intrinsic
-def popcount_blocks(typingctx, patches, row, weights, counts):
-    """``counts[4b + j] = Σ_k popcount(patches[row, k] ^ weights[b, k, j])``.
+def _vector_blocks_for_host() -> int:
+    """Blocks counted in AVX2 per pass beside the scalar one (see :data:`VECTOR_BLOCKS`)."""
+    try:
+        import llvmlite.binding as llvm
 
-    ``patches``: C-contiguous ``(pixels, words)`` uint64; ``weights``: the
-    ``(blocks, words, 4)`` uint64 array of :func:`xnor_larq.bitpack.pack_weights`;
-    ``counts``: int32 with room for ``4 · blocks``. Nothing is bounds-checked.
-    Only for CPUs with AVX2 (:data:`AVAILABLE`).
-    """
+        name = llvm.get_host_cpu_name()
+    except RuntimeError:
+        return 2
+    # Zen 1 splits every 256-bit operation in two: its vector half is as slow
+    # as the scalar one, so they share the work evenly.
+    return 1 if name == "znver1" else 2
 
-    if not _popcount_types(patches, row, weights, counts):
-        return None
-    return types.void(patches, row, weights, counts), _popcount_codegen(None)
+
+#: Blocks of four output channels each pass over a field's words counts in
+#: AVX2 registers, beside the one block counted with scalar ``popcnt``: 2 on
+#: CPUs with full-width AVX2 units (Zen 2 onward, Intel), where the vector half
+#: is the faster (1.1–1.2× the 1 + 1 split on a Zen 3, one thread), 1 on Zen 1.
+VECTOR_BLOCKS = _vector_blocks_for_host()
+
+
+def _popcount_codegen(words, vector_blocks):
+    def codegen(context, builder, signature, args):
+        b = builder
+        emit = _Emitter(context, b, signature, args, words)
+        per_pass = vector_blocks + 1
+        passes = b.udiv(emit.blocks, _i64(per_pass))
+        with cgutils.for_range(b, passes) as pass_:
+            first = b.mul(pass_.index, _i64(per_pass))
+            blocks = [b.add(first, _i64(i)) for i in range(per_pass)]
+            emit.blocks_pass(blocks[:-1], blocks[-1])
+        # the 1 … vector_blocks blocks left over: one pass, the last one scalar
+        # where there are two or more
+        done = b.mul(passes, _i64(per_pass))
+        left = b.sub(emit.blocks, done)
+        for count in range(1, per_pass):
+            with b.if_then(b.icmp_unsigned("==", left, _i64(count))):
+                blocks = [b.add(done, _i64(i)) for i in range(count)]
+                if count == 1:
+                    emit.blocks_pass(blocks)
+                else:
+                    emit.blocks_pass(blocks[:-1], blocks[-1])
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def popcount_kernel(words=None, vector_blocks=None):
+    """A :func:`popcount_blocks` for fields of exactly ``words`` words (any count if
+    None), counting ``vector_blocks`` blocks per pass in AVX2 (default
+    :data:`VECTOR_BLOCKS`) beside one in scalar ``popcnt``."""
+    vector_blocks = VECTOR_BLOCKS if vector_blocks is None else vector_blocks
+    if vector_blocks < 1:
+        raise ValueError(f"`vector_blocks` must be at least 1. Received: {vector_blocks}")
+
+    @intrinsic
+    def popcount_blocks(typingctx, patches, row, weights, counts):
+        """``counts[4b + j] = Σ_k popcount(patches[row, k] ^ weights[b, k, j])``.
+
+        ``patches``: C-contiguous ``(pixels, words)`` uint64; ``weights``: the
+        ``(blocks, words, 4)`` uint64 array of :func:`xnor_larq.bitpack.pack_weights`;
+        ``counts``: int32 with room for ``4 · blocks``. Nothing is bounds-checked.
+        Only for CPUs with AVX2 (:data:`AVAILABLE`).
+        """
+        if not _popcount_types(patches, row, weights, counts):
+            return None
+        return types.void(patches, row, weights, counts), _popcount_codegen(words, vector_blocks)
+
+    return popcount_blocks
 
 
 def _popcount_types(patches, row, weights, counts):
@@ -189,30 +250,9 @@ def _popcount_types(patches, row, weights, counts):
     )
 
 
-def _popcount_codegen(words):
-    def codegen(context, builder, signature, args):
-        emit = _Emitter(context, builder, signature, args, words)
-        pairs = builder.udiv(emit.blocks, _i64(2))
-        with cgutils.for_range(builder, pairs) as pair:
-            first = builder.mul(pair.index, _i64(2))
-            emit.blocks_pass(first, builder.add(first, _i64(1)))
-        odd = builder.icmp_unsigned("!=", builder.mul(pairs, _i64(2)), emit.blocks)
-        with builder.if_then(odd):  # the last block of an odd count: vector only
-            emit.blocks_pass(builder.sub(emit.blocks, _i64(1)))
-        return context.get_dummy_value()
-
-    return codegen
-
-
-def _fixed(words):
-    @intrinsic
-    def popcount_blocks_fixed(typingctx, patches, row, weights, counts):
-        if not _popcount_types(patches, row, weights, counts):
-            return None
-        return types.void(patches, row, weights, counts), _popcount_codegen(words)
-
-    return popcount_blocks_fixed
-
+#: ``counts[4b + j] = Σ_k popcount(patches[row, k] ^ weights[b, k, j])`` for
+#: any word count (see :func:`popcount_kernel`).
+popcount_blocks = popcount_kernel()
 
 #: Fields of at most this many words have kernels of their own.
 FIXED_WORDS = 9
@@ -221,7 +261,7 @@ FIXED_WORDS = 9
 #: ``w`` words (1 … :data:`FIXED_WORDS`; not checked). With the count known the
 #: compiler unrolls the word loop: 1.2–1.4× faster at the 3–9 words of thin
 #: layers' fields (3×3 over 16–64 channels; one thread, this project's Zen CPU).
-popcount_blocks_fixed = {words: _fixed(words) for words in range(1, FIXED_WORDS + 1)}
+popcount_blocks_fixed = {words: popcount_kernel(words) for words in range(1, FIXED_WORDS + 1)}
 
 
 # ------------------------------------------------------ thin float convolutions

@@ -9,6 +9,17 @@ import sys
 from pathlib import Path
 
 
+def _cpu_microarchitecture() -> str | None:
+    """LLVM's name for the host CPU (e.g. ``znver3``): "AMD EPYC" alone does not
+    tell a Zen 1 from a Zen 3, whose vector units differ twofold in width."""
+    try:
+        import llvmlite.binding as llvm
+
+        return llvm.get_host_cpu_name()
+    except (ImportError, RuntimeError):
+        return None
+
+
 def machine_info() -> dict:
     import larq as lq
     import tensorflow as tf
@@ -24,6 +35,7 @@ def machine_info() -> dict:
         pass
     return {
         "cpu": cpu,
+        "cpu_microarchitecture": _cpu_microarchitecture(),
         "cores": os.cpu_count(),
         "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
         "tensorflow": tf.__version__,

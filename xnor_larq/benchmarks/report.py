@@ -34,8 +34,9 @@ def _load(results_dir, name):
 def _machine(result):
     m = result["machine"]
     gpus = ", ".join(m.get("gpus") or []) or "no GPU"
+    arch = f" ({m['cpu_microarchitecture']})" if m.get("cpu_microarchitecture") else ""
     return (
-        f"{m['cpu']}, {m['cores']} cores, {gpus}; TensorFlow {m['tensorflow']}, "
+        f"{m['cpu']}{arch}, {m['cores']} cores, {gpus}; TensorFlow {m['tensorflow']}, "
         f"Larq {m['larq']}, Python {m['python']}"
     )
 
