@@ -261,8 +261,8 @@ def _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction, ker
     taps = kernel_h * kernel_w
     # float32 holds these integers exactly (|dot| < 2**24)
     full_dot = np.float32(taps * channels)
-    padded[:, :] = False
-    any_padded[:] = False
+    # padded[ow] is written by the gather of every pixel with any_padded[ow]
+    # set (it is read only there): no reset of the whole scratch per row
     # Thin inputs (a kernel row's kw·C bits fit a word, e.g. 3×3 over 16
     # channels): the window's input rows are first laid out as dense bit
     # strings (pixel after pixel, C bits each), so that an interior pixel's
@@ -304,16 +304,18 @@ def _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction, ker
                     current = value >> np.uint64(run - filled) if filled > 0 else np.uint64(0)
             if filled > 0:
                 patches[ow, index] = current
+            any_padded[ow] = False
             continue
         # Append the taps' bits to the field's bit string in order, a word
         # at a time in a register (each patch word is stored once).
+        any_padded[ow] = False
         for kh in range(kernel_h):
             ih = oh * stride_h - pad_top + kh * dilation_h
             for kw in range(kernel_w):
                 iw = ow * stride_w - pad_left + kw * dilation_w
                 outside = ih < 0 or ih >= height or iw < 0 or iw >= width
+                padded[ow, kh * kernel_w + kw] = outside
                 if outside:
-                    padded[ow, kh * kernel_w + kw] = True
                     any_padded[ow] = True
                 for j in range(in_words):
                     # a padded tap is gathered as +1 (clear bits)
@@ -393,8 +395,8 @@ def _binary_conv2d(x_packed, channels, w_packed, tap_sums, kernel_h, kernel_w, s
         n = task // rows
         row = task % rows
         patches = np.empty((out_w, words), np.uint64)
-        padded = np.zeros((out_w, taps), np.bool_)
-        any_padded = np.zeros(out_w, np.bool_)
+        padded = np.empty((out_w, taps), np.bool_)  # written by the gather
+        any_padded = np.empty(out_w, np.bool_)
         input_scaling = np.empty(out_w, np.float32)  # K of each pixel, mode 2
         column_sums = np.empty(columns, np.float32)  # K's column sums, mode 2
         # the window's input rows as dense bit strings (thin inputs)
