@@ -19,6 +19,12 @@ word.
 
 :data:`AVAILABLE` says whether the CPU has AVX2 and ``popcnt``; without them
 :mod:`xnor_larq.bitpack` uses its portable loop.
+
+For developers: numba caches :mod:`xnor_larq.bitpack`'s compiled functions
+(``cache=True``) keyed on ``bitpack.py`` alone, so after editing this module
+delete ``xnor_larq/__pycache__/*.nbi`` and ``*.nbc``, or the cached kernels
+keep the old code. (An installed package is rewritten as a whole, so users are
+not affected; the cache is per CPU model.)
 """
 
 from __future__ import annotations
