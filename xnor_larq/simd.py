@@ -188,9 +188,10 @@ def _vector_blocks_for_host() -> int:
 
 
 #: Blocks of four output channels each pass over a field's words counts in
-#: AVX2 registers, beside the one block counted with scalar ``popcnt``: 2 on
-#: CPUs with full-width AVX2 units (Zen 2 onward, Intel), where the vector half
-#: is the faster (1.1–1.2× the 1 + 1 split on a Zen 3, one thread), 1 on Zen 1.
+#: AVX2 registers, beside the one block counted with scalar ``popcnt``: 1 on
+#: Zen 1 (half-width AVX2 units; the split tuned there), 2 on other AVX2 CPUs,
+#: where the vector units are full width. Measured on a Zen 3 only: the
+#: popcount phase 1.1–1.2× faster than with 1, one thread.
 VECTOR_BLOCKS = _vector_blocks_for_host()
 
 
