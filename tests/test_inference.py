@@ -181,6 +181,62 @@ def test_batch_norm_read_by_two_layers_stays_a_step(rng):
     assert_close(compiled.predict(x), model(x).numpy())
 
 
+def _float_stem_model(after, use_bias, shared=False):
+    inputs = tf.keras.Input((9, 7, 3))
+    x = tf.keras.layers.Conv2D(8, 3, padding="same", use_bias=use_bias, name="stem")(inputs)
+    outputs = []
+    for name in after:
+        layer = {
+            "bn": lambda: tf.keras.layers.BatchNormalization(name="bn"),
+            "relu": lambda: tf.keras.layers.Activation("relu", name="relu"),
+            "relu_layer": lambda: tf.keras.layers.ReLU(name="relu_layer"),
+            "relu6": lambda: tf.keras.layers.ReLU(6.0, name="relu6"),
+        }[name]()
+        if shared:  # the conv's output is also read by another layer
+            outputs.append(tf.keras.layers.Flatten(name=f"{name}_also")(x))
+        x = layer(x)
+    x = ScaledQuantConv2D(4, 3, padding="same", name="binary")(x)
+    outputs.append(tf.keras.layers.Flatten()(x))
+    model = tf.keras.Model(inputs, outputs if len(outputs) > 1 else outputs[0])
+    return with_trained_like_batch_norm(model)
+
+
+@pytest.mark.parametrize(
+    "after, fused",
+    [
+        (["bn", "relu"], ["bn", "relu"]),
+        (["bn", "relu_layer"], ["bn", "relu_layer"]),
+        (["relu"], ["relu"]),
+        (["bn", "relu6"], ["bn"]),  # a capped ReLU stays a step of its own
+        (["relu", "bn"], ["relu"]),  # a BN after the ReLU: the binary layer packs with it
+    ],
+)
+@pytest.mark.parametrize("use_bias", [False, True])
+def test_batch_norm_and_relu_after_a_float_conv_run_in_its_step(rng, after, fused, use_bias):
+    model = _float_stem_model(after, use_bias)
+    for layer in model.layers:  # a bias that matters
+        if layer.name == "stem" and use_bias:
+            layer.bias.assign(rng.normal(size=8).astype("float32"))
+    compiled = inference.compile(model)
+    names = {step.name for step in compiled.steps}
+    assert not names & set(fused)
+    assert set(after) - set(fused) <= names | set(compiled.binary_layers[0].folded)
+    x = rng.normal(size=(3, 9, 7, 3)).astype("float32")
+    values = keras_values(model, x)
+    for step in compiled.steps:  # each step against Keras's value of its output
+        assert_close(step.run(*(values[i] for i in step.inputs)), values[step.output])
+    assert_close(compiled.predict(x), model(x).numpy())
+
+
+def test_a_float_conv_output_read_twice_keeps_its_batch_norm_step(rng):
+    model = _float_stem_model(["bn", "relu"], use_bias=False, shared=True)
+    compiled = inference.compile(model)
+    assert {"bn", "relu"} <= {step.name for step in compiled.steps}
+    x = rng.normal(size=(2, 9, 7, 3)).astype("float32")
+    for got, expected in zip(compiled.predict(x), model(x)):
+        assert_close(got, expected.numpy())
+
+
 def test_stochastic_bnn_compiles_to_its_deterministic_inference(rng):
     model = build("small_cnn", "bnn", stochastic=True, seed=3)
     x = rng.uniform(-1, 1, size=(4, 28, 28, 1)).astype("float32")

@@ -359,7 +359,7 @@ def _float_op(layer, fallback, buffers=None):
     if type(layer) is tf.keras.layers.Dense:
         return _dense_op(layer)
     if type(layer) is tf.keras.layers.Conv2D:
-        return _conv_op(layer, buffers)
+        return _conv_op(layer, buffers)  # compile() folds a BN and ReLU that follow
     if _is_quantized(layer) or _is_stateless(layer) or fallback:
         # Float-input quantized layers (BWN) and plain Keras layers: TensorFlow.
         return lambda *xs: _as_numpy(layer(xs[0] if len(xs) == 1 else list(xs), training=False))
@@ -401,16 +401,45 @@ def _dense_op(layer):
     return run
 
 
-def _conv_op(layer, buffers):
-    if layer.data_format != "channels_last" or getattr(layer, "groups", 1) != 1:
+def _is_compiled_conv(layer) -> bool:
+    """A float Conv2D that :class:`xnor_larq.bitpack.FloatConv2D` computes."""
+    return (
+        type(layer) is tf.keras.layers.Conv2D
+        and layer.data_format == "channels_last"
+        and getattr(layer, "groups", 1) == 1
+    )
+
+
+def _is_plain_relu(layer) -> bool:
+    """``Activation("relu")`` or a ``ReLU()`` without cap, slope or threshold."""
+    if type(layer) is tf.keras.layers.Activation:
+        return getattr(layer.activation, "__name__", None) == "relu"
+    if type(layer) is tf.keras.layers.ReLU:
+        return (
+            layer.max_value is None
+            and float(layer.negative_slope) == 0.0
+            and float(layer.threshold) == 0.0
+        )
+    return False
+
+
+def _conv_op(layer, buffers, batch_norm=None, relu=False):
+    """A float conv's step; ``batch_norm`` ``(scale, shift)`` of a BN that follows
+    is folded into the kernel and bias, and a ReLU that follows is applied in place."""
+    if not _is_compiled_conv(layer):
         return lambda x: _as_numpy(layer(x, training=False))
+    kernel = np.asarray(layer.kernel, np.float32)
+    bias = np.asarray(layer.bias, np.float32) if layer.use_bias else None
+    if batch_norm is not None:
+        scale, shift = batch_norm
+        kernel = (kernel * scale).astype(np.float32)  # scales each output channel
+        bias = ((0 if bias is None else bias) * scale + shift).astype(np.float32)
     conv = _bitpack().FloatConv2D(
-        np.asarray(layer.kernel, np.float32),
+        kernel,
         strides=tuple(layer.strides),
         dilation_rate=tuple(layer.dilation_rate),
         padding=layer.padding,
     )
-    bias = np.asarray(layer.bias, np.float32) if layer.use_bias else None
     activation = _activation_op(layer.activation)
 
     def run(x):
@@ -420,6 +449,8 @@ def _conv_op(layer, buffers):
         out = conv(x, out)
         if bias is not None:
             out += bias  # in place: `out` is this step's own array
+        if relu:
+            return np.maximum(out, 0, out=out)
         return activation(out)
 
     return run
@@ -440,6 +471,11 @@ _NUMPY_ACTIVATIONS = {
     "tanh": np.tanh,
     "sigmoid": lambda x: (1 / (1 + np.exp(-x))).astype(np.float32),
 }
+
+
+def _activation_name(layer):
+    activation = getattr(layer, "activation", None)
+    return "linear" if activation is None else getattr(activation, "__name__", None)
 
 
 def _activation_op(activation):
@@ -619,6 +655,22 @@ def compile(
             binary._buffers = buffers
             binary_layers.append(binary)
             run = binary
+        elif _is_compiled_conv(layer) and _activation_name(layer) == "linear":
+            # A BN, then a ReLU, that only this conv feeds: computed in its step
+            # (a BN read by a binary layer alone is left to its packing).
+            folded = {}
+            for kind, accepts in (("batch_norm", _batch_norm_affine), ("relu", _is_plain_relu)):
+                following = consumers.get(output_id, [])
+                if len(following) != 1 or output_id in output_ids:
+                    break
+                readers = consumers.get(id(following[0].output), [])
+                if kind == "batch_norm" and len(readers) == 1 and _is_quantized(readers[0]):
+                    continue
+                if accepts(following[0]):
+                    folded[kind] = accepts(following[0])
+                    skipped.add(following[0].name)
+                    output_id = id(following[0].output)
+            run = _conv_op(layer, buffers, folded.get("batch_norm"), "relu" in folded)
         else:
             run = _float_op(layer, fallback, buffers)
         steps.append(_Step(layer.name, inputs, output_id, run))
