@@ -291,3 +291,24 @@ def test_compiled_softmax_matches_tensorflow(rng):
     np.testing.assert_allclose(bitpack.softmax(logits), expected, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match=r"2-D \(batch, classes\). Received: shape \(2, 3, 4\)"):
         bitpack.softmax(np.zeros((2, 3, 4), np.float32))
+
+
+@pytest.mark.parametrize("batch, inputs, outputs", [(1, 1024, 10), (5, 7, 3), (2, 33, 17)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_float_dense_matches_numpy(rng, batch, inputs, outputs, with_bias):
+    x = rng.normal(size=(batch, inputs)).astype(np.float32)
+    kernel = rng.normal(size=(inputs, outputs)).astype(np.float32)
+    bias = rng.normal(size=outputs).astype(np.float32) if with_bias else None
+    expected = x.astype(np.float64) @ kernel + (0 if bias is None else bias)
+    got = bitpack.float_dense(x, kernel, bias)
+    assert got.dtype == np.float32 and got.shape == (batch, outputs)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    out = np.empty((batch, outputs), np.float32)
+    assert bitpack.float_dense(x, kernel, bias, out) is out
+
+
+def test_float_dense_refuses_mismatched_shapes():
+    with pytest.raises(ValueError, match="inputs, outputs"):
+        bitpack.float_dense(np.zeros((2, 3), np.float32), np.zeros((4, 5), np.float32))
+    with pytest.raises(ValueError, match="bias"):
+        bitpack.float_dense(np.zeros((2, 3), np.float32), np.zeros((3, 5), np.float32), np.zeros(4))

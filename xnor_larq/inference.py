@@ -387,12 +387,20 @@ def _as_numpy(value):
     return np.asarray(value, np.float32)
 
 
+#: Float dense layers with at most this many weights run in a compiled loop on
+#: the calling thread (see :func:`xnor_larq.bitpack.float_dense`); larger ones in BLAS.
+COMPILED_DENSE_WEIGHTS = 1 << 16
+
+
 def _dense_op(layer):
     kernel = np.asarray(layer.kernel, np.float32)
     bias = np.asarray(layer.bias, np.float32) if layer.use_bias else None
     activation = _activation_op(layer.activation)
+    compiled = kernel.size <= COMPILED_DENSE_WEIGHTS
 
     def run(x):
+        if compiled and x.ndim == 2:
+            return activation(_bitpack().float_dense(x, kernel, bias))
         out = x @ kernel
         if bias is not None:
             out = out + bias
