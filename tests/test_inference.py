@@ -221,6 +221,7 @@ def test_batch_norm_and_relu_after_a_float_conv_run_in_its_step(rng, after, fuse
     names = {step.name for step in compiled.steps}
     assert not names & set(fused)
     assert set(after) - set(fused) <= names | set(compiled.binary_layers[0].folded)
+    assert f"stem: float, folded {', '.join(fused)}" in compiled.summary()
     x = rng.normal(size=(3, 9, 7, 3)).astype("float32")
     values = keras_values(model, x)
     for step in compiled.steps:  # each step against Keras's value of its output

@@ -285,6 +285,34 @@ def _compile_binary(layer) -> BinaryLayer | None:
     )
 
 
+def _fold_after_conv(output_id, consumers, output_ids):
+    """A BN, then a plain ReLU, that only a float conv's output feeds, computed in
+    its step: ``(batch_norm affine or None, relu, folded names, new output id)``.
+
+    A BN read by a binary layer alone is left to that layer's packing.
+    """
+    batch_norm, relu, folded = None, False, []
+    for kind in ("batch_norm", "relu"):
+        following = consumers.get(output_id, [])
+        if len(following) != 1 or output_id in output_ids:
+            break
+        layer = following[0]
+        if kind == "batch_norm":
+            readers = consumers.get(id(layer.output), [])
+            if len(readers) == 1 and _is_quantized(readers[0]):
+                continue
+            batch_norm = _batch_norm_affine(layer)
+            if batch_norm is None:
+                continue
+        elif not _is_plain_relu(layer):
+            break
+        else:
+            relu = True
+        folded.append(layer.name)
+        output_id = id(layer.output)
+    return batch_norm, relu, folded, output_id
+
+
 def _fold(binary: BinaryLayer, bn_layer) -> bool:
     """Fold a BN that directly follows ``binary`` into its epilogue, if it is affine."""
     affine = _batch_norm_affine(bn_layer)
@@ -504,6 +532,7 @@ class _Step:
     inputs: list
     output: int
     run: object
+    folded: tuple = ()  # layers computed in this float step too (a BN, a ReLU)
 
 
 def _tensor_ids(tensors):
@@ -540,7 +569,8 @@ class CompiledModel:
     @property
     def steps(self) -> tuple:
         """The operations in order: ``name``, ``inputs``/``output`` (ids of the
-        Keras tensors, ``id(layer.output)``) and ``run`` (arrays in, array out)."""
+        Keras tensors, ``id(layer.output)``), ``run`` (arrays in, array out) and
+        ``folded`` (layers a float conv's step computes too)."""
         return tuple(self._steps)
 
     @property
@@ -595,6 +625,9 @@ class CompiledModel:
                 f"{layer.packed_bytes} B packed (float32 {layer.float32_bytes} B)"
                 f"{', K' if layer.input_scaling else ''}{folded}"
             )
+        for step in self._steps:
+            if step.folded:
+                lines.append(f"  {step.name}: float, folded {', '.join(step.folded)}")
         if self.fallback_layers:
             lines.append(f"  run by TensorFlow (fallback): {', '.join(self.fallback_layers)}")
         ratio = self.float32_weight_bytes / max(self.packed_weight_bytes, 1)
@@ -640,6 +673,7 @@ def compile(
             fallback_layers.append(layer.name)
         output_id = id(layer.output)
         inputs = _tensor_ids(layer.input)
+        folded = []  # names of the layers a float conv's step computes too
         if binary is not None:
             # A BN whose only reader is this layer is applied while packing.
             producer_step, producer_layer = producers.get(inputs[0], (None, None))
@@ -664,24 +698,12 @@ def compile(
             binary_layers.append(binary)
             run = binary
         elif _is_compiled_conv(layer) and _activation_name(layer) == "linear":
-            # A BN, then a ReLU, that only this conv feeds: computed in its step
-            # (a BN read by a binary layer alone is left to its packing).
-            folded = {}
-            for kind, accepts in (("batch_norm", _batch_norm_affine), ("relu", _is_plain_relu)):
-                following = consumers.get(output_id, [])
-                if len(following) != 1 or output_id in output_ids:
-                    break
-                readers = consumers.get(id(following[0].output), [])
-                if kind == "batch_norm" and len(readers) == 1 and _is_quantized(readers[0]):
-                    continue
-                if accepts(following[0]):
-                    folded[kind] = accepts(following[0])
-                    skipped.add(following[0].name)
-                    output_id = id(following[0].output)
-            run = _conv_op(layer, buffers, folded.get("batch_norm"), "relu" in folded)
+            batch_norm, relu, folded, output_id = _fold_after_conv(output_id, consumers, output_ids)
+            skipped.update(folded)
+            run = _conv_op(layer, buffers, batch_norm, relu)
         else:
             run = _float_op(layer, fallback, buffers)
-        steps.append(_Step(layer.name, inputs, output_id, run))
+        steps.append(_Step(layer.name, inputs, output_id, run, tuple(folded)))
         if binary is None:
             producers[output_id] = (steps[-1], layer)
     return CompiledModel(
