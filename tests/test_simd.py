@@ -23,9 +23,8 @@ def _simd_counts(patches, row, weights, counts):
 _NEEDS_AVX2 = pytest.mark.skipif(not simd.AVAILABLE, reason="needs AVX2")
 KERNELS = {
     "portable": bitpack._popcount_blocks_portable,
+    # unrolled for 1 … simd.FIXED_WORDS words (a switch on the count), else a loop
     "simd": pytest.param(_simd_counts, marks=_NEEDS_AVX2),
-    # the kernels unrolled for 1-9 words (simd.popcount_blocks_fixed), by word count
-    "simd_fixed": pytest.param(bitpack._popcount_blocks_simd, marks=_NEEDS_AVX2),
 }
 
 
@@ -88,9 +87,7 @@ def test_all_bits_set_do_not_overflow(kernel, words):
 
 
 def test_kernel_choice_follows_the_cpu():
-    expected = (
-        bitpack._popcount_blocks_simd if simd.AVAILABLE else bitpack._popcount_blocks_portable
-    )
+    expected = simd.popcount_blocks if simd.AVAILABLE else bitpack._popcount_blocks_portable
     assert bitpack._popcount_blocks is expected
 
 

@@ -164,40 +164,9 @@ def _popcount_blocks_portable(patches, row, w_packed, counts):
         counts[block * 4 + 3] = np.int32(m3)
 
 
-_fixed_1, _fixed_2, _fixed_3, _fixed_4, _fixed_5, _fixed_6, _fixed_7, _fixed_8, _fixed_9 = (
-    simd.popcount_blocks_fixed[words] for words in range(1, simd.FIXED_WORDS + 1)
-)
-
-
-@numba.njit(inline="always", **_JIT)
-def _popcount_blocks_simd(patches, row, w_packed, counts):
-    # the kernel unrolled for the field's word count where there is one
-    words = patches.shape[1]
-    if words == 1:
-        _fixed_1(patches, row, w_packed, counts)
-    elif words == 2:
-        _fixed_2(patches, row, w_packed, counts)
-    elif words == 3:
-        _fixed_3(patches, row, w_packed, counts)
-    elif words == 4:
-        _fixed_4(patches, row, w_packed, counts)
-    elif words == 5:
-        _fixed_5(patches, row, w_packed, counts)
-    elif words == 6:
-        _fixed_6(patches, row, w_packed, counts)
-    elif words == 7:
-        _fixed_7(patches, row, w_packed, counts)
-    elif words == 8:
-        _fixed_8(patches, row, w_packed, counts)
-    elif words == 9:
-        _fixed_9(patches, row, w_packed, counts)
-    else:
-        simd.popcount_blocks(patches, row, w_packed, counts)
-
-
 #: The popcount phase of the binary convolution: the AVX2 + scalar kernels of
 #: :mod:`xnor_larq.simd` where the CPU has AVX2, else the portable loop.
-_popcount_blocks = _popcount_blocks_simd if simd.AVAILABLE else _popcount_blocks_portable
+_popcount_blocks = simd.popcount_blocks if simd.AVAILABLE else _popcount_blocks_portable
 
 
 @numba.njit(inline="always", **_JIT)

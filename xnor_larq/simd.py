@@ -41,7 +41,6 @@ __all__ = [
     "float_accumulate",
     "pack_signs",
     "popcount_blocks",
-    "popcount_blocks_fixed",
     "popcount_kernel",
     "VECTOR_BLOCKS",
 ]
@@ -195,27 +194,55 @@ def _vector_blocks_for_host() -> int:
 VECTOR_BLOCKS = _vector_blocks_for_host()
 
 
+#: Fields of at most this many words get the word loop unrolled (the count a
+#: constant): 1.2–1.4× faster at the 3–9 words of thin layers' fields (3×3 over
+#: 16–64 channels; one thread, Zen 1).
+FIXED_WORDS = 9
+
+
+def _emit_passes(emit, vector_blocks):
+    """Every block of the weights, ``vector_blocks`` in AVX2 + one scalar a pass."""
+    b = emit.builder
+    per_pass = vector_blocks + 1
+    passes = b.udiv(emit.blocks, _i64(per_pass))
+    with cgutils.for_range(b, passes) as pass_:
+        first = b.mul(pass_.index, _i64(per_pass))
+        blocks = [b.add(first, _i64(i)) for i in range(per_pass)]
+        emit.blocks_pass(blocks[:-1], blocks[-1])
+    # the 1 … vector_blocks blocks left over: one pass, the last one scalar
+    # where there are two or more
+    done = b.mul(passes, _i64(per_pass))
+    left = b.sub(emit.blocks, done)
+    for count in range(1, per_pass):
+        with b.if_then(b.icmp_unsigned("==", left, _i64(count))):
+            blocks = [b.add(done, _i64(i)) for i in range(count)]
+            if count == 1:
+                emit.blocks_pass(blocks)
+            else:
+                emit.blocks_pass(blocks[:-1], blocks[-1])
+
+
 def _popcount_codegen(words, vector_blocks):
     def codegen(context, builder, signature, args):
-        b = builder
-        emit = _Emitter(context, b, signature, args, words)
-        per_pass = vector_blocks + 1
-        passes = b.udiv(emit.blocks, _i64(per_pass))
-        with cgutils.for_range(b, passes) as pass_:
-            first = b.mul(pass_.index, _i64(per_pass))
-            blocks = [b.add(first, _i64(i)) for i in range(per_pass)]
-            emit.blocks_pass(blocks[:-1], blocks[-1])
-        # the 1 … vector_blocks blocks left over: one pass, the last one scalar
-        # where there are two or more
-        done = b.mul(passes, _i64(per_pass))
-        left = b.sub(emit.blocks, done)
-        for count in range(1, per_pass):
-            with b.if_then(b.icmp_unsigned("==", left, _i64(count))):
-                blocks = [b.add(done, _i64(i)) for i in range(count)]
-                if count == 1:
-                    emit.blocks_pass(blocks)
-                else:
-                    emit.blocks_pass(blocks[:-1], blocks[-1])
+        if words is not None:
+            _emit_passes(_Emitter(context, builder, signature, args, words), vector_blocks)
+            return context.get_dummy_value()
+        # any count: a switch to a copy unrolled for each count up to FIXED_WORDS
+        patches = context.make_array(signature.args[0])(context, builder, args[0])
+        count = cgutils.unpack_tuple(builder, patches.shape, 2)[1]
+        end = builder.append_basic_block("popcount.end")
+        loop = builder.append_basic_block("popcount.any_words")
+        switch = builder.switch(count, loop)
+        for fixed in range(1, FIXED_WORDS + 1):
+            block = builder.append_basic_block(f"popcount.{fixed}_words")
+            switch.add_case(_i64(fixed), block)
+            builder.position_at_end(block)
+            _emit_passes(_Emitter(context, builder, signature, args, fixed), vector_blocks)
+            builder.branch(end)
+        builder.position_at_end(loop)
+        _emit_passes(_Emitter(context, builder, signature, args), vector_blocks)
+        builder.branch(end)
+        builder.position_at_end(end)
         return context.get_dummy_value()
 
     return codegen
@@ -223,8 +250,9 @@ def _popcount_codegen(words, vector_blocks):
 
 def popcount_kernel(words=None, vector_blocks=None):
     """A :func:`popcount_blocks` for fields of exactly ``words`` words (any count if
-    None), counting ``vector_blocks`` blocks per pass in AVX2 (default
-    :data:`VECTOR_BLOCKS`) beside one in scalar ``popcnt``."""
+    None, unrolled for counts up to :data:`FIXED_WORDS`), counting ``vector_blocks``
+    blocks per pass in AVX2 (default :data:`VECTOR_BLOCKS`) beside one in scalar
+    ``popcnt``."""
     vector_blocks = VECTOR_BLOCKS if vector_blocks is None else vector_blocks
     if vector_blocks < 1:
         raise ValueError(f"`vector_blocks` must be at least 1. Received: {vector_blocks}")
@@ -260,16 +288,6 @@ def _popcount_types(patches, row, weights, counts):
 #: ``counts[4b + j] = Σ_k popcount(patches[row, k] ^ weights[b, k, j])`` for
 #: any word count (see :func:`popcount_kernel`).
 popcount_blocks = popcount_kernel()
-
-#: Fields of at most this many words have kernels of their own.
-FIXED_WORDS = 9
-
-#: ``popcount_blocks_fixed[w]``: :func:`popcount_blocks` for patches of exactly
-#: ``w`` words (1 … :data:`FIXED_WORDS`; not checked). With the count known the
-#: compiler unrolls the word loop: 1.2–1.4× faster at the 3–9 words of thin
-#: layers' fields (3×3 over 16–64 channels; one thread, this project's Zen CPU).
-popcount_blocks_fixed = {words: popcount_kernel(words) for words in range(1, FIXED_WORDS + 1)}
-
 
 # ------------------------------------------------------ thin float convolutions
 
