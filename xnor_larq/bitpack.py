@@ -255,6 +255,7 @@ def _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction, ker
         current = np.uint64(0)
         filled = 0
         index = 0
+        any_padded[ow] = False  # set by the general gather below where a tap is padding
         if dense and first_inside <= ow < end_inside:
             start = (ow * stride_w - pad_left) * channels
             word = start >> 6
@@ -274,11 +275,9 @@ def _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction, ker
                     current = value >> np.uint64(run - filled) if filled > 0 else np.uint64(0)
             if filled > 0:
                 patches[ow, index] = current
-            any_padded[ow] = False
             continue
         # Append the taps' bits to the field's bit string in order, a word
         # at a time in a register (each patch word is stored once).
-        any_padded[ow] = False
         for kh in range(kernel_h):
             ih = oh * stride_h - pad_top + kh * dilation_h
             for kw in range(kernel_w):

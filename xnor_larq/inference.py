@@ -424,11 +424,13 @@ def _dense_op(layer):
     kernel = np.asarray(layer.kernel, np.float32)
     bias = np.asarray(layer.bias, np.float32) if layer.use_bias else None
     activation = _activation_op(layer.activation)
-    compiled = kernel.size <= COMPILED_DENSE_WEIGHTS
+    # the compiled loop's bias, built once (it takes zeros where there is none)
+    compiled_bias = np.zeros(kernel.shape[1], np.float32) if bias is None else bias
+    float_dense = _bitpack().float_dense if kernel.size <= COMPILED_DENSE_WEIGHTS else None
 
     def run(x):
-        if compiled and x.ndim == 2:
-            return activation(_bitpack().float_dense(x, kernel, bias))
+        if float_dense is not None and x.ndim == 2:
+            return activation(float_dense(x, kernel, compiled_bias))
         out = x @ kernel
         if bias is not None:
             out = out + bias
@@ -449,7 +451,7 @@ def _is_compiled_conv(layer) -> bool:
 def _is_plain_relu(layer) -> bool:
     """``Activation("relu")`` or a ``ReLU()`` without cap, slope or threshold."""
     if type(layer) is tf.keras.layers.Activation:
-        return getattr(layer.activation, "__name__", None) == "relu"
+        return _activation_name(layer) == "relu"
     if type(layer) is tf.keras.layers.ReLU:
         return (
             layer.max_value is None
