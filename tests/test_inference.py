@@ -291,6 +291,37 @@ def test_nested_and_shared_layers_and_bad_inputs_are_refused(rng):
         compiled.predict([np.zeros((1, 28, 28, 1))] * 2)
 
 
+@pytest.mark.parametrize("threads", [0, 1.5, True, "2", 10**6])
+def test_bad_thread_counts_are_refused(threads):
+    with pytest.raises(ValueError, match=f"`threads` must be an integer from 1 to .*{threads!r}"):
+        inference.compile(models.small_cnn(mode="bnn"), threads=threads)
+
+
+def test_each_compiled_model_predicts_with_its_own_thread_count(rng):
+    numba = pytest.importorskip("numba")
+    model = build("small_cnn", "xnor")
+    x = rng.uniform(-1, 1, (2, 28, 28, 1)).astype("float32")
+    seen = {}
+    compiled = {}
+    for threads in (1, numba.config.NUMBA_NUM_THREADS, None):
+        compiled[threads] = inference.compile(model, threads=threads)
+        step = compiled[threads]._steps[1]  # a binary layer's step
+        run = step.run
+
+        def spy(*args, run=run, threads=threads):
+            seen[threads] = numba.get_num_threads()
+            return run(*args)
+
+        step.run = spy
+    caller = numba.get_num_threads()
+    outputs = {threads: c.predict(x) for threads, c in compiled.items()}
+    assert seen[1] == 1
+    assert seen[numba.config.NUMBA_NUM_THREADS] == numba.config.NUMBA_NUM_THREADS
+    assert seen[None] == caller  # no count given: the caller's setting
+    assert numba.get_num_threads() == caller  # and the caller's setting is left as it was
+    np.testing.assert_array_equal(outputs[1], outputs[None])
+
+
 def test_summary_reports_the_packing():
     compiled = inference.compile(build("binarynet_vgg", "xnor"))
     text = compiled.summary()

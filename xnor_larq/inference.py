@@ -537,6 +537,20 @@ class _Step:
     folded: tuple = ()  # layers computed in this float step too (a BN, a ReLU)
 
 
+def _numba_threads(threads):
+    """Set numba's thread count of the calling thread to ``threads`` (nothing if
+    None); return the count it had (None where nothing changed)."""
+    if threads is None:
+        return None
+    import numba
+
+    previous = numba.get_num_threads()
+    if previous == threads:
+        return None
+    numba.set_num_threads(threads)
+    return previous
+
+
 def _tensor_ids(tensors):
     return [id(t) for t in tf.nest.flatten(tensors)]
 
@@ -559,8 +573,10 @@ class CompiledModel:
     float32 rounding.
     """
 
-    def __init__(self, name, steps, input_ids, output_ids, binary_layers, fallback_layers, buffers):
+    def __init__(self, name, steps, input_ids, output_ids, binary_layers, fallback_layers, buffers,
+                 threads=None):  # fmt: skip
         self.name = name
+        self.threads = threads  # numba threads of each predict call; None: the caller's setting
         self._buffers = buffers
         self._steps = steps
         self._input_ids = input_ids
@@ -610,12 +626,16 @@ class CompiledModel:
         values = dict(zip(self._input_ids, inputs))
         outputs = []
         self._buffers.active = True
+        # numba's thread count is a setting of the calling thread: set it per
+        # call, so that models compiled with different counts keep theirs
+        caller_threads = _numba_threads(self.threads)
         try:
             for step in self._steps:
                 values[step.output] = step.run(*(values[i] for i in step.inputs))
             outputs = [values[i] for i in self._output_ids]
         finally:
             self._buffers.release(outputs)
+            _numba_threads(caller_threads)
         return outputs
 
     def summary(self) -> str:
@@ -646,14 +666,22 @@ def compile(
         model: a functional or Sequential Keras model (not nested, no shared layers).
         fallback: run layers that cannot be packed with TensorFlow instead of
             raising :class:`UnsupportedLayerError`.
-        threads: numba threads for the binary kernels (default: all cores).
+        threads: numba threads of the compiled kernels in every ``predict`` call
+            (default: the calling thread's numba setting, all cores unless changed).
+            Other numba code in the process keeps its own setting.
     """
     if not isinstance(model, tf.keras.Model) or not model.built:
         raise ValueError(f"`model` must be a built Keras model. Received: {model!r}")
     if threads is not None:
         import numba
 
-        numba.set_num_threads(threads)
+        available = numba.config.NUMBA_NUM_THREADS
+        whole = isinstance(threads, int) and not isinstance(threads, bool)
+        if not whole or not 1 <= threads <= available:
+            raise ValueError(
+                f"`threads` must be an integer from 1 to {available} (numba's thread "
+                f"count here). Received: threads={threads!r}"
+            )
     consumers = _consumers(model)
     output_ids = _tensor_ids(model.outputs)
     steps, binary_layers, fallback_layers, skipped = [], [], [], set()
@@ -716,4 +744,5 @@ def compile(
         binary_layers,
         fallback_layers,
         buffers,
+        threads,
     )
