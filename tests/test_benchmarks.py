@@ -244,3 +244,10 @@ def test_inference_bench_writes_json_and_its_table(tmp_path):
         assert r["simd_speedup"] == pytest.approx(ns["portable"] / ns["simd"])
         row = f"| {r['words']} | {r['outputs']} | {ns['portable']:.3f} ns | {ns['simd']:.3f} ns |"
         assert row in doc.read_text()
+    # the GEMM ceiling: both rates measured, their ratio recorded and shown
+    ceiling = fast["gemm_ceiling"]
+    g = ceiling["gmacs_per_s"]
+    assert (ceiling["rows"], ceiling["depth"], ceiling["outputs"]) == (4096, 1152, 128)
+    assert g["binary"] > 0 and g["float"] > 0
+    assert ceiling["binary_over_float"] == pytest.approx(g["binary"] / g["float"])
+    assert f"×{ceiling['binary_over_float']:.1f}." in doc.read_text()

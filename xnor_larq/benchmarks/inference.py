@@ -20,7 +20,9 @@ is than each::
 It also times the binary convolution's popcount phase alone, the portable
 compiled loop against the AVX2 + scalar kernels of :mod:`xnor_larq.simd` (as
 the convolution picks them: unrolled for fields of up to 9 words), one
-thread, side by side (:data:`POPCOUNT_SHAPES`).
+thread, side by side (:data:`POPCOUNT_SHAPES`), and the machine's ceiling for
+a binary layer against a float one: the xor-popcount GEMM's rate against
+float TFLite's GEMM on the same threads (:func:`gemm_ceiling`).
 """
 
 from __future__ import annotations
@@ -192,6 +194,82 @@ def popcount_phase(rounds=5, word_products=40_000_000):
     return rows
 
 
+#: The GEMM of the 32×32×128 → 128 layer, 3×3 (rows: 4 images' pixels).
+CEILING_GEMM = (4096, 1152, 128)
+
+
+def gemm_ceiling(threads, rounds=5, shape=CEILING_GEMM):
+    """The machine's ceiling for a binary layer against a float one.
+
+    Two bare GEMMs of ``shape`` ``(rows, depth, outputs)`` on ``threads``
+    threads, with no packing, gathering or epilogue: xnor_larq's xor-popcount
+    kernel (depth bits a row, 64 a word; binary multiply-accumulates a second)
+    and float TFLite's fully connected layer (XNNPACK; float ones). Their ratio
+    bounds what any whole binary layer can gain over float TFLite here.
+    Medians of ``rounds`` interleaved rounds.
+    """
+    import numba
+    import numpy as np
+    import tensorflow as tf
+
+    from xnor_larq import bitpack
+
+    rows, depth, outputs = shape
+    words = bitpack.words_for(depth)
+    rng = np.random.default_rng(0)
+    patches = rng.integers(0, 2**63, (rows, words), dtype=np.uint64)
+    weights = rng.integers(0, 2**63, (-(-outputs // 4), words, 4), dtype=np.uint64)
+    counts = np.empty((rows, weights.shape[0] * 4), np.int32)
+    popcount = _parallel_pixel_loop(bitpack._popcount_blocks)
+
+    inputs = tf.keras.Input((depth,), batch_size=rows)
+    dense = tf.keras.Model(inputs, tf.keras.layers.Dense(outputs, use_bias=False)(inputs))
+    tflite = tf.lite.Interpreter(
+        model_content=tf.lite.TFLiteConverter.from_keras_model(dense).convert(),
+        num_threads=threads,
+    )
+    tflite.allocate_tensors()
+    x = rng.uniform(-1, 1, (rows, depth)).astype(np.float32)
+    tflite.set_tensor(tflite.get_input_details()[0]["index"], x)
+
+    caller_threads = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        runners = {"binary": lambda: popcount(patches, weights, counts), "float": tflite.invoke}
+        times = {name: [] for name in runners}
+        for run in runners.values():  # compile, warm up
+            run()
+        for _ in range(rounds):
+            for name, run in runners.items():
+                run()  # untimed: wakes the runtime's threads
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
+    finally:
+        numba.set_num_threads(caller_threads)
+    macs = rows * depth * outputs
+    gmacs = {name: macs / statistics.median(t) / 1e9 for name, t in times.items()}
+    return {
+        "rows": rows,
+        "depth": depth,
+        "outputs": outputs,
+        "threads": threads,
+        "gmacs_per_s": gmacs,
+        "binary_over_float": gmacs["binary"] / gmacs["float"],
+    }
+
+
+def _parallel_pixel_loop(kernel):
+    import numba
+
+    @numba.njit(parallel=True)
+    def run(patches, weights, counts):
+        for pixel in numba.prange(patches.shape[0]):
+            kernel(patches, pixel, weights, counts[pixel])
+
+    return run
+
+
 def _pixel_loop(kernel):
     import numba
 
@@ -234,7 +312,7 @@ def main(argv=None):
         "--popcount-rounds",
         type=int,
         default=5,
-        help="rounds of the popcount-phase timing (0: skip it)",
+        help="rounds of the popcount-phase and GEMM-ceiling timings (0: skip them)",
     )
     parser.add_argument("--json", help="write the results to this JSON file")
     args = parser.parse_args(argv)
@@ -260,6 +338,14 @@ def main(argv=None):
             f"popcount phase, {r['words']} words x {r['outputs']} outputs: portable "
             f"{ns['portable']:.3f} ns, simd {ns['simd']:.3f} ns (x{r['simd_speedup']:.2f})"
         )
+    ceiling = gemm_ceiling(args.threads, args.popcount_rounds) if args.popcount_rounds > 0 else {}
+    if ceiling:
+        g = ceiling["gmacs_per_s"]
+        print(
+            f"GEMM ceiling {ceiling['rows']}x{ceiling['depth']}x{ceiling['outputs']}, "
+            f"{ceiling['threads']} threads: xor-popcount {g['binary']:.0f} GMAC/s, float TFLite "
+            f"{g['float']:.0f} GMAC/s (binary x{ceiling['binary_over_float']:.1f})"
+        )
     from xnor_larq.benchmarks._common import finish
 
     return finish(
@@ -277,6 +363,7 @@ def main(argv=None):
         },
         rows=rows,
         popcount_phase=popcount,
+        gemm_ceiling=ceiling,
     )
 
 

@@ -150,6 +150,18 @@ def _inference_section(fast):
                 f"{ns['simd']:.3f} ns | ×{r['simd_speedup']:.2f} |"
             )
         out.append("")
+    ceiling = fast.get("gemm_ceiling")
+    if ceiling:
+        g = ceiling["gmacs_per_s"]
+        out += [
+            "The ceiling of a binary layer against a float one here: two bare GEMMs of "
+            f"{ceiling['rows']}×{ceiling['depth']}×{ceiling['outputs']} (the 32×32×128 layer's, "
+            f"4 images), {ceiling['threads']} threads, no packing, gather or epilogue: "
+            f"xnor_larq's xor-popcount kernel {g['binary']:.0f} G binary multiply-accumulates/s, "
+            f"float TFLite's fully connected layer (XNNPACK) {g['float']:.0f} G/s: "
+            f"×{ceiling['binary_over_float']:.1f}.",
+            "",
+        ]
     return out
 
 
