@@ -67,6 +67,21 @@ def _popcount(typingctx, value):
     return types.uint64(types.uint64), codegen
 
 
+@intrinsic
+def _next_task(typingctx, counter):
+    """``counter[0] += 1`` atomically; returns the value before: the next task
+    for whichever thread asks first."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        one = context.get_constant(types.int64, 1)
+        return builder.atomic_rmw("add", array.data, one, "monotonic")
+
+    return types.int64(counter), codegen
+
+
 @numba.njit(parallel=True, **_JIT)
 def _pack_rows(values, scale, shift, words, abs_means):
     # values: (rows, bits) float32 -> (rows, words) uint64, bit set where
@@ -360,9 +375,12 @@ def _binary_conv2d(x_packed, channels, w_packed, tap_sums, kernel_h, kernel_w, s
     columns = (out_w - 1) * stride_w + (kernel_w - 1) * dilation_w + 1 if scale_mode == 2 else 0
     # a kernel row's bits fit a word: the dense-row gather (else no scratch for it)
     dense_words = (width * channels + 63) // 64 + 1 if kernel_w * channels <= 64 else 0
-    for task in prange(batch * rows):
-        n = task // rows
-        row = task % rows
+    # Each thread takes the next output row from a shared counter until none
+    # is left: on a shared VM one vCPU is often slowed by its neighbours, and a
+    # fixed half of the rows per thread would wait for the slower one.
+    tasks = batch * rows
+    next_task = np.zeros(1, np.int64)
+    for _ in prange(min(numba.get_num_threads(), tasks)):
         patches = np.empty((out_w, words), np.uint64)
         padded = np.empty((out_w, taps), np.bool_)  # written by the gather
         any_padded = np.empty(out_w, np.bool_)
@@ -373,30 +391,36 @@ def _binary_conv2d(x_packed, channels, w_packed, tap_sums, kernel_h, kernel_w, s
         correction = np.zeros(blocks * 4, np.int32)
         no_correction = np.zeros(blocks * 4, np.int32)
         counts = np.empty(blocks * 4, np.int32)
-        if not pooled:
-            _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction, kernel_h,
-                             kernel_w, stride_h, stride_w, dilation_h, dilation_w, pad_top,
-                             pad_left, out_w, multiplier, offset, scale_map, scale_mode, n, row,
-                             patches, padded, any_padded, input_scaling, column_sums,
-                             dense_rows, correction, no_correction, counts,
-                             out[n, row])  # fmt: skip
-            continue
-        conv_row = np.empty((out_w, outputs), np.float32)
-        target = out[n, row]
-        target[:, :] = -np.inf
-        for ph in range(pool_h):
-            _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction, kernel_h,
-                             kernel_w, stride_h, stride_w, dilation_h, dilation_w, pad_top,
-                             pad_left, out_w, multiplier, offset, scale_map, scale_mode, n,
-                             row * pool_h + ph, patches, padded, any_padded, input_scaling,
-                             column_sums, dense_rows, correction, no_correction, counts,
-                             conv_row)  # fmt: skip
-            for column in range(target.shape[0]):
-                for pw in range(pool_w):
-                    source = conv_row[column * pool_w + pw]
-                    pixel = target[column]
-                    for o in range(outputs):  # vectorized over channels
-                        pixel[o] = max(pixel[o], source[o])
+        conv_row = np.empty((out_w if pooled else 0, outputs), np.float32)
+        while True:
+            task = _next_task(next_task)
+            if task >= tasks:
+                break
+            n = task // rows
+            row = task % rows
+            if not pooled:
+                _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction,
+                                 kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w,
+                                 pad_top, pad_left, out_w, multiplier, offset, scale_map,
+                                 scale_mode, n, row, patches, padded, any_padded, input_scaling,
+                                 column_sums, dense_rows, correction, no_correction, counts,
+                                 out[n, row])  # fmt: skip
+                continue
+            target = out[n, row]
+            target[:, :] = -np.inf
+            for ph in range(pool_h):
+                _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction,
+                                 kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w,
+                                 pad_top, pad_left, out_w, multiplier, offset, scale_map,
+                                 scale_mode, n, row * pool_h + ph, patches, padded, any_padded,
+                                 input_scaling, column_sums, dense_rows, correction,
+                                 no_correction, counts, conv_row)  # fmt: skip
+                for column in range(target.shape[0]):
+                    for pw in range(pool_w):
+                        source = conv_row[column * pool_w + pw]
+                        pixel = target[column]
+                        for o in range(outputs):  # vectorized over channels
+                            pixel[o] = max(pixel[o], source[o])
     return out
 
 
