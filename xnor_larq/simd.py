@@ -147,7 +147,7 @@ class _Emitter:
             counts = b.trunc(quads[i], _COUNTS)
             vector_type = _COUNTS
             if i + 1 < len(blocks):
-                lanes = ir.Constant(ir.VectorType(_I32, 8), list(range(8)))
+                lanes = ir.Constant(_EIGHT_COUNTS, list(range(8)))
                 counts = b.shuffle_vector(counts, b.trunc(quads[i + 1], _COUNTS), lanes)
                 vector_type = _EIGHT_COUNTS
             target = b.gep(self.counts, [b.mul(blocks[i], _i64(4))])
