@@ -206,7 +206,7 @@ def _vector_blocks_for_host() -> int:
 #: where the vector units are full width. Odd, so that a pass's blocks pair up
 #: into the 32-byte count stores of :meth:`_Emitter.store` at the offsets the
 #: epilogue reads. Measured on a Zen 3 (one thread, whole binary layers, with
-#: the paired stores): 3 against the former 2, 1.08–1.23× faster.
+#: the paired stores): 3 against the former 2, 1.05–1.23× faster.
 VECTOR_BLOCKS = _vector_blocks_for_host()
 
 
