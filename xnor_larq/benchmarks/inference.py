@@ -148,7 +148,6 @@ def popcount_phase(rounds=5, word_products=40_000_000):
     (about ``word_products`` xor-popcounts); medians over the rounds. Empty
     where the CPU has no AVX2 (the portable loop is then the only one).
     """
-    import numba
     import numpy as np
 
     from xnor_larq import bitpack, simd
@@ -159,38 +158,33 @@ def popcount_phase(rounds=5, word_products=40_000_000):
     kernels = {"portable": bitpack._popcount_blocks_portable, "simd": bitpack._popcount_blocks}
     runners = {name: _pixel_loop(kernel) for name, kernel in kernels.items()}
     rng = np.random.default_rng(0)
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1)
-    rows = []
-    try:
-        for words, outputs in POPCOUNT_SHAPES:
-            pixels = max(word_products // (words * outputs), 2)
-            patches = rng.integers(0, 2**63, (pixels, words), dtype=np.uint64)
-            weights = rng.integers(0, 2**63, (outputs // 4, words, 4), dtype=np.uint64)
-            counts = {name: np.empty((pixels, outputs), np.int32) for name in runners}
-            times = {name: [] for name in runners}
+    rows = []  # the pixel loop is not parallel: one thread
+    for words, outputs in POPCOUNT_SHAPES:
+        pixels = max(word_products // (words * outputs), 2)
+        patches = rng.integers(0, 2**63, (pixels, words), dtype=np.uint64)
+        weights = rng.integers(0, 2**63, (outputs // 4, words, 4), dtype=np.uint64)
+        counts = {name: np.empty((pixels, outputs), np.int32) for name in runners}
+        times = {name: [] for name in runners}
+        for name, run in runners.items():
+            run(patches[:2], weights, counts[name][:2])  # compile
+        for _ in range(rounds):
             for name, run in runners.items():
-                run(patches[:2], weights, counts[name][:2])  # compile
-            for _ in range(rounds):
-                for name, run in runners.items():
-                    start = time.perf_counter()
-                    run(patches, weights, counts[name])
-                    times[name].append(time.perf_counter() - start)
-            if not np.array_equal(counts["portable"], counts["simd"]):
-                raise AssertionError(f"the popcount kernels disagree at {words} words")
-            products = pixels * words * outputs
-            ns = {name: statistics.median(t) * 1e9 / products for name, t in times.items()}
-            rows.append(
-                {
-                    "words": words,
-                    "outputs": outputs,
-                    "pixels": pixels,
-                    "ns_per_word_product": ns,
-                    "simd_speedup": ns["portable"] / ns["simd"],
-                }
-            )
-    finally:
-        numba.set_num_threads(threads)
+                start = time.perf_counter()
+                run(patches, weights, counts[name])
+                times[name].append(time.perf_counter() - start)
+        if not np.array_equal(counts["portable"], counts["simd"]):
+            raise AssertionError(f"the popcount kernels disagree at {words} words")
+        products = pixels * words * outputs
+        ns = {name: statistics.median(t) * 1e9 / products for name, t in times.items()}
+        rows.append(
+            {
+                "words": words,
+                "outputs": outputs,
+                "pixels": pixels,
+                "ns_per_word_product": ns,
+                "simd_speedup": ns["portable"] / ns["simd"],
+            }
+        )
     return rows
 
 
@@ -208,11 +202,10 @@ def gemm_ceiling(threads, rounds=5, shape=CEILING_GEMM):
     bounds what any whole binary layer can gain over float TFLite here.
     Medians of ``rounds`` interleaved rounds.
     """
-    import numba
     import numpy as np
     import tensorflow as tf
 
-    from xnor_larq import bitpack
+    from xnor_larq import bitpack, inference
 
     rows, depth, outputs = shape
     words = bitpack.words_for(depth)
@@ -220,7 +213,7 @@ def gemm_ceiling(threads, rounds=5, shape=CEILING_GEMM):
     patches = rng.integers(0, 2**63, (rows, words), dtype=np.uint64)
     weights = rng.integers(0, 2**63, (-(-outputs // 4), words, 4), dtype=np.uint64)
     counts = np.empty((rows, weights.shape[0] * 4), np.int32)
-    popcount = _parallel_pixel_loop(bitpack._popcount_blocks)
+    popcount = _pixel_loop(bitpack._popcount_blocks, parallel=True)
 
     inputs = tf.keras.Input((depth,), batch_size=rows)
     dense = tf.keras.Model(inputs, tf.keras.layers.Dense(outputs, use_bias=False)(inputs))
@@ -232,8 +225,7 @@ def gemm_ceiling(threads, rounds=5, shape=CEILING_GEMM):
     x = rng.uniform(-1, 1, (rows, depth)).astype(np.float32)
     tflite.set_tensor(tflite.get_input_details()[0]["index"], x)
 
-    caller_threads = numba.get_num_threads()
-    numba.set_num_threads(threads)
+    caller_threads = inference._numba_threads(threads)
     try:
         runners = {"binary": lambda: popcount(patches, weights, counts), "float": tflite.invoke}
         times = {name: [] for name in runners}
@@ -246,7 +238,7 @@ def gemm_ceiling(threads, rounds=5, shape=CEILING_GEMM):
                 run()
                 times[name].append(time.perf_counter() - start)
     finally:
-        numba.set_num_threads(caller_threads)
+        inference._numba_threads(caller_threads)
     macs = rows * depth * outputs
     gmacs = {name: macs / statistics.median(t) / 1e9 for name, t in times.items()}
     return {
@@ -259,23 +251,12 @@ def gemm_ceiling(threads, rounds=5, shape=CEILING_GEMM):
     }
 
 
-def _parallel_pixel_loop(kernel):
+def _pixel_loop(kernel, parallel=False):
     import numba
 
-    @numba.njit(parallel=True)
+    @numba.njit(parallel=parallel)
     def run(patches, weights, counts):
-        for pixel in numba.prange(patches.shape[0]):
-            kernel(patches, pixel, weights, counts[pixel])
-
-    return run
-
-
-def _pixel_loop(kernel):
-    import numba
-
-    @numba.njit
-    def run(patches, weights, counts):
-        for pixel in range(patches.shape[0]):
+        for pixel in numba.prange(patches.shape[0]):  # a plain range unless parallel
             kernel(patches, pixel, weights, counts[pixel])
 
     return run
