@@ -36,6 +36,12 @@ CASES = [
     (11, 9, 64, 65, (3, 1), (1, 2), (1, 1), "same", 0),
     (2, 2, 64, 8, (3, 3), (1, 1), (1, 1), "same", 0),  # map smaller than kernel
     (5, 5, 1, 7, (1, 1), (1, 1), (1, 1), "valid", 0),
+    # thin inputs, fields gathered as kernel-row runs (kw·C <= 64 bits):
+    (9, 10, 16, 6, (3, 3), (1, 1), (1, 1), "same", 0),  # runs sliding along the row
+    (8, 7, 4, 5, (3, 3), (1, 1), (1, 1), "same", -1),  # 5 runs to a word
+    (10, 10, 8, 4, (3, 3), (1, 1), (2, 2), "same", 0),  # dilated: no sliding
+    (9, 11, 21, 9, (3, 3), (1, 2), (1, 1), "same", -1),  # 63-bit runs, stride 2
+    (6, 12, 12, 5, (2, 5), (1, 1), (1, 1), "same", 0),  # 60-bit runs of 5 taps
 ]
 
 

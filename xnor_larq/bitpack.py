@@ -7,7 +7,9 @@ Larq). For ±1 vectors ``a``, ``b`` of length ``n`` packed this way,
 A binary convolution is computed per output pixel: the receptive field is
 gathered into one contiguous bit string (tap after tap, ``C`` bits each, the
 tail of the last 64-bit word clear), then XOR-ed and popcounted against each
-output channel's weight bit string laid out the same way. Padding taps are
+output channel's weight bit string laid out the same way (for thin inputs,
+where a kernel row's bits fit a word, one word-aligned run per kernel row
+instead: :func:`row_run_weights`). Padding taps are
 gathered as +1 and corrected exactly afterwards with the per-tap sum of the
 weights, so zero padding and Larq's ±1 ``pad_values`` are all exact. The float
 epilogue ``dot · multiplier[o] · K + offset[o]`` holds α, K, a bias and a
@@ -93,7 +95,8 @@ def _pack_rows(values, scale, shift, words, abs_means):
     flat_packed = packed.reshape(-1)
     for r in prange(rows):
         total = simd.pack_signs(flat_values, r * bits, scale, shift, bits, flat_packed, r * words)
-        abs_means[r] = total / bits
+        # in float32: the same rounding as float64's quotient, no conversions
+        abs_means[r] = total / np.float32(bits)
     return packed
 
 
@@ -214,30 +217,87 @@ def _row_box_mean(channel_mean, n, oh, kernel_h, kernel_w, stride_h, stride_w, d
         out[ow] = total * inverse
 
 
+def row_runs_fit(kernel_w: int, channels: int) -> bool:
+    """True where a kernel row's ``kernel_w · channels`` bits fit one word: the
+    convolution then lays its receptive fields out by kernel rows (see
+    :func:`row_run_weights`)."""
+    return kernel_w * channels <= WORD_BITS
+
+
+def row_run_weights(w_packed, channels, kernel_size):
+    """``w_packed`` (from :func:`pack_weights`) in the layout of thin inputs' fields.
+
+    Where :func:`row_runs_fit`, a field is gathered as one *run* per kernel row
+    (its ``kw`` taps' ``C`` bits side by side), ``64 // (kw·C)`` runs to a word:
+    kernel row ``kh``'s run at bit ``(kh % per_word)·kw·C`` of word ``kh //
+    per_word``. Returns ``(ceil(O/4), ceil(kh / per_word), 4)`` uint64; the
+    input unchanged where the runs do not fit.
+    """
+    kernel_h, kernel_w = kernel_size
+    if not row_runs_fit(kernel_w, channels):
+        return w_packed
+    run = kernel_w * channels
+    per_word = WORD_BITS // run
+    blocks, words, lanes = w_packed.shape
+    # (blocks, lanes, words) words → each channel's bit string, bit i at [..., i]
+    strings = np.ascontiguousarray(w_packed.transpose(0, 2, 1)).astype("<u8")
+    bits = np.unpackbits(strings.view(np.uint8), axis=-1, bitorder="little")
+    runs = bits[..., : kernel_h * run].reshape(blocks, lanes, kernel_h, run)
+    groups = -(-kernel_h // per_word)
+    laid = np.zeros((blocks, lanes, groups * per_word, run), np.uint8)
+    laid[:, :, :kernel_h] = runs
+    full = np.zeros((blocks, lanes, groups, WORD_BITS), np.uint8)  # each word's tail clear
+    full[..., : per_word * run] = laid.reshape(blocks, lanes, groups, per_word * run)
+    words_out = np.packbits(full, axis=-1, bitorder="little").view("<u8")[..., 0]
+    return np.ascontiguousarray(words_out.astype(np.uint64).transpose(0, 2, 1))
+
+
 @numba.njit(inline="always", **_JIT)
-def _dense_rows(x_packed, n, top_row, kernel_h, dilation_h, channels, dense_rows):
-    # dense_rows[kh]: input row top_row + kh·dilation_h of image n (C <= 64
-    # bits a pixel, one word each in x_packed) as one bit string, pixel iw at
-    # bits iw·C ... iw·C + C - 1; a clear word after the end.
-    width = x_packed.shape[2]
+def _gather_row_runs(x_packed, channels, n, oh, kernel_h, kernel_w, stride_h, stride_w,
+                     dilation_h, dilation_w, pad_top, pad_left, out_w, patches):  # fmt: skip
+    # Thin inputs (row_runs_fit: one word a pixel): every field of output row
+    # (n, oh) as runs (row_run_weights' layout). A run slides along the row at
+    # stride 1: one new pixel a step instead of kw. Taps outside the input are
+    # clear bits (+1), corrected afterwards like the general gather's.
+    height, width = x_packed.shape[1], x_packed.shape[2]
+    run = kernel_w * channels
+    per_word = 64 // run
+    step = np.uint64(channels)
+    last = np.uint64((kernel_w - 1) * channels)
+    sliding = stride_w == 1 and dilation_w == 1 and kernel_w > 1
     for kh in range(kernel_h):
-        ih = top_row + kh * dilation_h
-        dense_rows[kh, :] = 0
-        for iw in range(width):
-            bit = iw * channels
-            value = x_packed[n, ih, iw, 0]
-            offset = bit & 63
-            dense_rows[kh, bit >> 6] |= value << np.uint64(offset)
-            if offset + channels > 64:
-                dense_rows[kh, (bit >> 6) + 1] |= value >> np.uint64(64 - offset)
+        ih = oh * stride_h - pad_top + kh * dilation_h
+        word = kh // per_word
+        at = np.uint64((kh % per_word) * run)
+        first = kh % per_word == 0  # the word's first run: store, not or
+        inside = 0 <= ih < height
+        value = np.uint64(0)
+        for ow in range(out_w):
+            iw = ow * stride_w - pad_left
+            if not inside:
+                value = np.uint64(0)
+            elif sliding and ow > 0:
+                iw += kernel_w - 1
+                new = x_packed[n, ih, iw, 0] if 0 <= iw < width else np.uint64(0)
+                value = (value >> step) | (new << last)
+            else:
+                value = np.uint64(0)
+                for kw in range(kernel_w):
+                    column = iw + kw * dilation_w
+                    if 0 <= column < width:
+                        value |= x_packed[n, ih, column, 0] << np.uint64(kw * channels)
+            if first:
+                patches[ow, word] = value << at
+            else:
+                patches[ow, word] |= value << at
 
 
 @numba.njit(inline="always", **_JIT)
 def _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction, kernel_h, kernel_w,
                      stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left, out_w,
                      multiplier, offset, scale_map, scale_mode, n, oh, patches, padded,
-                     any_padded, input_scaling, column_sums, dense_rows, correction,
-                     no_correction, counts, target):  # fmt: skip
+                     any_padded, input_scaling, column_sums, correction, no_correction,
+                     counts, target):  # fmt: skip
     # One output row (n, oh) into target (out_w, outputs): first gather every
     # receptive field of the row into its bit string, then xor-popcount them
     # against the weights. The other arrays after `oh` are the task's scratch.
@@ -248,73 +308,57 @@ def _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction, ker
     full_dot = np.float32(taps * channels)
     # padded[ow] is written by the gather of every pixel with any_padded[ow]
     # set (it is read only there): no reset of the whole scratch per row
-    # Thin inputs (a kernel row's kw·C bits fit a word, e.g. 3×3 over 16
-    # channels): the window's input rows are first laid out as dense bit
-    # strings (pixel after pixel, C bits each), so that an interior pixel's
-    # field is kh shifted reads, one per kernel row, instead of kh·kw taps.
-    run = kernel_w * channels  # bits of one kernel row
-    top_row = oh * stride_h - pad_top
-    dense = (
-        run <= 64
-        and dilation_w == 1
-        and top_row >= 0
-        and top_row + (kernel_h - 1) * dilation_h < height
-    )
     first_inside, end_inside = _inside_columns(
         width, kernel_w, stride_w, dilation_w, pad_left, out_w
     )
-    if dense:
-        _dense_rows(x_packed, n, top_row, kernel_h, dilation_h, channels, dense_rows)
-    run_mask = ~np.uint64(0) >> np.uint64(64 - run) if dense else np.uint64(0)
-    for ow in range(out_w):
-        current = np.uint64(0)
-        filled = 0
-        index = 0
-        any_padded[ow] = False  # set by the general gather below where a tap is padding
-        if dense and first_inside <= ow < end_inside:
-            start = (ow * stride_w - pad_left) * channels
-            word = start >> 6
-            shift = np.uint64(start & 63)
+    thin = kernel_w * channels <= 64  # row_runs_fit
+    if thin:
+        _gather_row_runs(x_packed, channels, n, oh, kernel_h, kernel_w, stride_h, stride_w,
+                         dilation_h, dilation_w, pad_top, pad_left, out_w, patches)  # fmt: skip
+        top_row = oh * stride_h - pad_top
+        rows_inside = top_row >= 0 and top_row + (kernel_h - 1) * dilation_h < height
+        for ow in range(out_w):
+            any_padded[ow] = not (rows_inside and first_inside <= ow < end_inside)
+            if any_padded[ow]:  # a border pixel: which of its taps are padding
+                for kh in range(kernel_h):
+                    ih = top_row + kh * dilation_h
+                    for kw in range(kernel_w):
+                        iw = ow * stride_w - pad_left + kw * dilation_w
+                        padded[ow, kh * kernel_w + kw] = (
+                            ih < 0 or ih >= height or iw < 0 or iw >= width
+                        )
+    else:
+        for ow in range(out_w):
+            current = np.uint64(0)
+            filled = 0
+            index = 0
+            any_padded[ow] = False  # set by the general gather below where a tap is padding
+            # Append the taps' bits to the field's bit string in order, a word
+            # at a time in a register (each patch word is stored once).
             for kh in range(kernel_h):
-                # the run's bits from two words; the second shifted in two
-                # steps so that shift = 0 takes none of it
-                low = dense_rows[kh, word] >> shift
-                high = (dense_rows[kh, word + 1] << np.uint64(1)) << (np.uint64(63) - shift)
-                value = (low | high) & run_mask
-                current |= value << np.uint64(filled)
-                filled += run
-                if filled >= 64:
-                    patches[ow, index] = current
-                    index += 1
-                    filled -= 64
-                    current = value >> np.uint64(run - filled) if filled > 0 else np.uint64(0)
+                ih = oh * stride_h - pad_top + kh * dilation_h
+                for kw in range(kernel_w):
+                    iw = ow * stride_w - pad_left + kw * dilation_w
+                    outside = ih < 0 or ih >= height or iw < 0 or iw >= width
+                    padded[ow, kh * kernel_w + kw] = outside
+                    if outside:
+                        any_padded[ow] = True
+                    for j in range(in_words):
+                        # a padded tap is gathered as +1 (clear bits)
+                        value = np.uint64(0) if outside else x_packed[n, ih, iw, j]
+                        bits = min(64, channels - j * 64)
+                        current |= value << np.uint64(filled)
+                        filled += bits
+                        if filled >= 64:
+                            patches[ow, index] = current
+                            index += 1
+                            filled -= 64
+                            # the value's bits that did not fit (none if it ended the word)
+                            current = (
+                                value >> np.uint64(bits - filled) if filled > 0 else np.uint64(0)
+                            )
             if filled > 0:
                 patches[ow, index] = current
-            continue
-        # Append the taps' bits to the field's bit string in order, a word
-        # at a time in a register (each patch word is stored once).
-        for kh in range(kernel_h):
-            ih = oh * stride_h - pad_top + kh * dilation_h
-            for kw in range(kernel_w):
-                iw = ow * stride_w - pad_left + kw * dilation_w
-                outside = ih < 0 or ih >= height or iw < 0 or iw >= width
-                padded[ow, kh * kernel_w + kw] = outside
-                if outside:
-                    any_padded[ow] = True
-                for j in range(in_words):
-                    # a padded tap is gathered as +1 (clear bits)
-                    value = np.uint64(0) if outside else x_packed[n, ih, iw, j]
-                    bits = min(64, channels - j * 64)
-                    current |= value << np.uint64(filled)
-                    filled += bits
-                    if filled >= 64:
-                        patches[ow, index] = current
-                        index += 1
-                        filled -= 64
-                        # the value's bits that did not fit (none if it ended the word)
-                        current = value >> np.uint64(bits - filled) if filled > 0 else np.uint64(0)
-        if filled > 0:
-            patches[ow, index] = current
     if scale_mode == 2:
         _row_box_mean(scale_map, n, oh, kernel_h, kernel_w, stride_h, stride_w, dilation_h,
                       dilation_w, pad_top, pad_left, out_w, column_sums, input_scaling)  # fmt: skip
@@ -373,8 +417,6 @@ def _binary_conv2d(x_packed, channels, w_packed, tap_sums, kernel_h, kernel_w, s
     pad_correction = np.ascontiguousarray(tap_sums.T) * np.int32(pad_value - 1)
     # input columns a row's windows span, padding included
     columns = (out_w - 1) * stride_w + (kernel_w - 1) * dilation_w + 1 if scale_mode == 2 else 0
-    # a kernel row's bits fit a word: the dense-row gather (else no scratch for it)
-    dense_words = (width * channels + 63) // 64 + 1 if kernel_w * channels <= 64 else 0
     # Each thread takes the next output row from a shared counter until none
     # is left: on a shared VM one vCPU is often slowed by its neighbours, and a
     # fixed half of the rows per thread would wait for the slower one.
@@ -386,8 +428,6 @@ def _binary_conv2d(x_packed, channels, w_packed, tap_sums, kernel_h, kernel_w, s
         any_padded = np.empty(out_w, np.bool_)
         input_scaling = np.empty(out_w, np.float32)  # K of each pixel, mode 2
         column_sums = np.empty(columns, np.float32)  # K's column sums, mode 2
-        # the window's input rows as dense bit strings (thin inputs)
-        dense_rows = np.empty((kernel_h, dense_words), np.uint64)
         correction = np.zeros(blocks * 4, np.int32)
         no_correction = np.zeros(blocks * 4, np.int32)
         counts = np.empty(blocks * 4, np.int32)
@@ -403,24 +443,26 @@ def _binary_conv2d(x_packed, channels, w_packed, tap_sums, kernel_h, kernel_w, s
                                  kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w,
                                  pad_top, pad_left, out_w, multiplier, offset, scale_map,
                                  scale_mode, n, row, patches, padded, any_padded, input_scaling,
-                                 column_sums, dense_rows, correction, no_correction, counts,
+                                 column_sums, correction, no_correction, counts,
                                  out[n, row])  # fmt: skip
                 continue
             target = out[n, row]
-            target[:, :] = -np.inf
             for ph in range(pool_h):
                 _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction,
                                  kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w,
                                  pad_top, pad_left, out_w, multiplier, offset, scale_map,
                                  scale_mode, n, row * pool_h + ph, patches, padded, any_padded,
-                                 input_scaling, column_sums, dense_rows, correction,
-                                 no_correction, counts, conv_row)  # fmt: skip
+                                 input_scaling, column_sums, correction, no_correction,
+                                 counts, conv_row)  # fmt: skip
                 for column in range(target.shape[0]):
+                    pixel = target[column]
                     for pw in range(pool_w):
                         source = conv_row[column * pool_w + pw]
-                        pixel = target[column]
-                        for o in range(outputs):  # vectorized over channels
-                            pixel[o] = max(pixel[o], source[o])
+                        if ph == 0 and pw == 0:  # the window's first pixel
+                            pixel[:] = source
+                        else:
+                            for o in range(outputs):  # vectorized over channels
+                                pixel[o] = max(pixel[o], source[o])
     return out
 
 
@@ -525,7 +567,7 @@ def binary_conv2d(
     return _binary_conv2d(
         np.ascontiguousarray(x_packed, np.uint64),
         channels,
-        np.ascontiguousarray(w_packed, np.uint64),
+        row_run_weights(np.ascontiguousarray(w_packed, np.uint64), channels, kernel_size),
         tap_sums,
         *window,
         int(pad_value),
@@ -648,7 +690,9 @@ class BinaryConv2D(_PreparedConv):
                 raise ValueError(f"`{name}` must have shape ({size},). Received: {value.shape}")
             return value
 
-        self.w_packed = np.ascontiguousarray(w_packed, np.uint64)
+        # in the layout the convolution gathers fields in
+        self.w_packed = row_run_weights(np.ascontiguousarray(w_packed, np.uint64), channels,
+                                        kernel_size)  # fmt: skip
         self.tap_sums = np.ascontiguousarray(tap_sums, np.int32)
         self.channels, self.outputs = channels, outputs
         self.kernel_size, self.strides, self.dilation_rate = kernel_size, strides, dilation_rate
