@@ -42,6 +42,9 @@ CASES = [
     (10, 10, 8, 4, (3, 3), (1, 1), (2, 2), "same", 0),  # dilated: no sliding
     (9, 11, 21, 9, (3, 3), (1, 2), (1, 1), "same", -1),  # 63-bit runs, stride 2
     (6, 12, 12, 5, (2, 5), (1, 1), (1, 1), "same", 0),  # 60-bit runs of 5 taps
+    # one word a pixel, wider kernel rows: interior pixels' taps appended unchecked
+    (8, 9, 48, 6, (3, 3), (1, 1), (1, 1), "same", -1),  # taps straddling words
+    (9, 10, 40, 5, (3, 2), (2, 1), (1, 1), "valid", 0),
 ]
 
 

@@ -328,11 +328,37 @@ def _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction, ker
                             ih < 0 or ih >= height or iw < 0 or iw >= width
                         )
     else:
+        top_row = oh * stride_h - pad_top
+        rows_inside = top_row >= 0 and top_row + (kernel_h - 1) * dilation_h < height
+        words = patches.shape[1]
         for ow in range(out_w):
+            any_padded[ow] = False  # set by the general gather below where a tap is padding
+            if in_words == 1 and rows_inside and first_inside <= ow < end_inside:
+                # An interior pixel, one word a tap: the taps' C bits appended
+                # in a register as below, without bounds checks or padding flags.
+                left = ow * stride_w - pad_left
+                current = np.uint64(0)
+                filled = 0
+                index = 0
+                for kh in range(kernel_h):
+                    ih = top_row + kh * dilation_h
+                    for kw in range(kernel_w):
+                        value = x_packed[n, ih, left + kw * dilation_w, 0]
+                        current |= value << np.uint64(filled)
+                        filled += channels
+                        if filled >= 64:
+                            patches[ow, index] = current
+                            index += 1
+                            filled -= 64
+                            current = np.uint64(0)
+                            if filled > 0:  # the tap's bits that did not fit
+                                current = value >> np.uint64(channels - filled)
+                if index < words:
+                    patches[ow, index] = current
+                continue
             current = np.uint64(0)
             filled = 0
             index = 0
-            any_padded[ow] = False  # set by the general gather below where a tap is padding
             # Append the taps' bits to the field's bit string in order, a word
             # at a time in a register (each patch word is stored once).
             for kh in range(kernel_h):
