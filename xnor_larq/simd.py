@@ -10,7 +10,7 @@ packed receptive field. Left to itself, the compiler runs every output channel
 through AVX2's nibble-lookup popcount (``vpshufb``), which keeps the vector
 unit busy while the scalar integer units sit idle. This kernel splits the work
 between them: each pass over the words handles :data:`VECTOR_BLOCKS` blocks of
-four output channels in AVX2 registers (2 on full-width AVX2 CPUs, 1 on Zen 1)
+four output channels in AVX2 registers (3 on full-width AVX2 CPUs, 1 on Zen 1)
 and the next block with scalar ``popcnt``, so both units run at once (the
 speed-ups over the compiler's loop are in ``docs/RESULTS.md``, from
 ``xnor-larq bench inference``). The vector half also adds the per-byte counts
