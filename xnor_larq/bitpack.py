@@ -293,6 +293,22 @@ def _gather_row_runs(x_packed, channels, n, oh, kernel_h, kernel_w, stride_h, st
 
 
 @numba.njit(inline="always", **_JIT)
+def _append_bits(patches, ow, current, filled, index, value, bits):
+    # Append the low `bits` bits of `value` to pixel ow's field: `current` holds
+    # its last `filled` bits, words before `index` are stored (each once).
+    current |= value << np.uint64(filled)
+    filled += bits
+    if filled >= 64:
+        patches[ow, index] = current
+        index += 1
+        filled -= 64
+        current = np.uint64(0)
+        if filled > 0:  # the value's bits that did not fit
+            current = value >> np.uint64(bits - filled)
+    return current, filled, index
+
+
+@numba.njit(inline="always", **_JIT)
 def _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction, kernel_h, kernel_w,
                      stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left, out_w,
                      multiplier, offset, scale_map, scale_mode, n, oh, patches, padded,
@@ -311,12 +327,11 @@ def _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction, ker
     first_inside, end_inside = _inside_columns(
         width, kernel_w, stride_w, dilation_w, pad_left, out_w
     )
-    thin = kernel_w * channels <= 64  # row_runs_fit
-    if thin:
+    top_row = oh * stride_h - pad_top
+    rows_inside = top_row >= 0 and top_row + (kernel_h - 1) * dilation_h < height
+    if kernel_w * channels <= 64:  # row_runs_fit
         _gather_row_runs(x_packed, channels, n, oh, kernel_h, kernel_w, stride_h, stride_w,
                          dilation_h, dilation_w, pad_top, pad_left, out_w, patches)  # fmt: skip
-        top_row = oh * stride_h - pad_top
-        rows_inside = top_row >= 0 and top_row + (kernel_h - 1) * dilation_h < height
         for ow in range(out_w):
             any_padded[ow] = not (rows_inside and first_inside <= ow < end_inside)
             if any_padded[ow]:  # a border pixel: which of its taps are padding
@@ -328,61 +343,38 @@ def _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction, ker
                             ih < 0 or ih >= height or iw < 0 or iw >= width
                         )
     else:
-        top_row = oh * stride_h - pad_top
-        rows_inside = top_row >= 0 and top_row + (kernel_h - 1) * dilation_h < height
-        words = patches.shape[1]
         for ow in range(out_w):
-            any_padded[ow] = False  # set by the general gather below where a tap is padding
+            # the taps' bits appended to the field's bit string in order
+            current = np.uint64(0)
+            filled = 0
+            index = 0
+            any_padded[ow] = False  # set below where a tap is padding
             if in_words == 1 and rows_inside and first_inside <= ow < end_inside:
-                # An interior pixel, one word a tap: the taps' C bits appended
-                # in a register as below, without bounds checks or padding flags.
+                # an interior pixel, one word a tap: no bounds checks or flags
                 left = ow * stride_w - pad_left
-                current = np.uint64(0)
-                filled = 0
-                index = 0
                 for kh in range(kernel_h):
                     ih = top_row + kh * dilation_h
                     for kw in range(kernel_w):
                         value = x_packed[n, ih, left + kw * dilation_w, 0]
-                        current |= value << np.uint64(filled)
-                        filled += channels
-                        if filled >= 64:
-                            patches[ow, index] = current
-                            index += 1
-                            filled -= 64
-                            current = np.uint64(0)
-                            if filled > 0:  # the tap's bits that did not fit
-                                current = value >> np.uint64(channels - filled)
-                if index < words:
-                    patches[ow, index] = current
-                continue
-            current = np.uint64(0)
-            filled = 0
-            index = 0
-            # Append the taps' bits to the field's bit string in order, a word
-            # at a time in a register (each patch word is stored once).
-            for kh in range(kernel_h):
-                ih = oh * stride_h - pad_top + kh * dilation_h
-                for kw in range(kernel_w):
-                    iw = ow * stride_w - pad_left + kw * dilation_w
-                    outside = ih < 0 or ih >= height or iw < 0 or iw >= width
-                    padded[ow, kh * kernel_w + kw] = outside
-                    if outside:
-                        any_padded[ow] = True
-                    for j in range(in_words):
-                        # a padded tap is gathered as +1 (clear bits)
-                        value = np.uint64(0) if outside else x_packed[n, ih, iw, j]
-                        bits = min(64, channels - j * 64)
-                        current |= value << np.uint64(filled)
-                        filled += bits
-                        if filled >= 64:
-                            patches[ow, index] = current
-                            index += 1
-                            filled -= 64
-                            # the value's bits that did not fit (none if it ended the word)
-                            current = (
-                                value >> np.uint64(bits - filled) if filled > 0 else np.uint64(0)
-                            )
+                        current, filled, index = _append_bits(
+                            patches, ow, current, filled, index, value, channels
+                        )
+            else:
+                for kh in range(kernel_h):
+                    ih = top_row + kh * dilation_h
+                    for kw in range(kernel_w):
+                        iw = ow * stride_w - pad_left + kw * dilation_w
+                        outside = ih < 0 or ih >= height or iw < 0 or iw >= width
+                        padded[ow, kh * kernel_w + kw] = outside
+                        if outside:
+                            any_padded[ow] = True
+                        for j in range(in_words):
+                            # a padded tap is gathered as +1 (clear bits)
+                            value = np.uint64(0) if outside else x_packed[n, ih, iw, j]
+                            current, filled, index = _append_bits(
+                                patches, ow, current, filled, index, value,
+                                min(64, channels - j * 64),
+                            )  # fmt: skip
             if filled > 0:
                 patches[ow, index] = current
     if scale_mode == 2:
