@@ -217,10 +217,11 @@ def _row_box_mean(channel_mean, n, oh, kernel_h, kernel_w, stride_h, stride_w, d
         out[ow] = total * inverse
 
 
-def row_runs_fit(kernel_w: int, channels: int) -> bool:
+@numba.njit(inline="always", **_JIT)
+def row_runs_fit(kernel_w, channels):
     """True where a kernel row's ``kernel_w · channels`` bits fit one word: the
     convolution then lays its receptive fields out by kernel rows (see
-    :func:`row_run_weights`)."""
+    :func:`row_run_weights`). Compiled: the kernels ask it too."""
     return kernel_w * channels <= WORD_BITS
 
 
@@ -329,7 +330,7 @@ def _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction, ker
     )
     top_row = oh * stride_h - pad_top
     rows_inside = top_row >= 0 and top_row + (kernel_h - 1) * dilation_h < height
-    if kernel_w * channels <= 64:  # row_runs_fit
+    if row_runs_fit(kernel_w, channels):
         _gather_row_runs(x_packed, channels, n, oh, kernel_h, kernel_w, stride_h, stride_w,
                          dilation_h, dilation_w, pad_top, pad_left, out_w, patches)  # fmt: skip
         for ow in range(out_w):
@@ -425,7 +426,7 @@ def _binary_conv2d(x_packed, channels, w_packed, tap_sums, kernel_h, kernel_w, s
     # pool_h × pool_w > 1: a max-pool with strides equal to the pool and no
     # padding follows; `out` is (N, H' // pool_h, W' // pool_w, O) and each
     # task computes the pool_h conv rows of one pooled row in a row buffer.
-    batch, _, width, _ = x_packed.shape
+    batch = x_packed.shape[0]
     blocks, words, _ = w_packed.shape
     outputs = tap_sums.shape[0]
     taps = kernel_h * kernel_w
