@@ -1,5 +1,6 @@
 """The compiled bitpacked kernels against TensorFlow/numpy references."""
 
+import numba
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -321,3 +322,25 @@ def test_float_dense_refuses_mismatched_shapes():
         bitpack.float_dense(np.zeros((2, 3), np.float32), np.zeros((4, 5), np.float32))
     with pytest.raises(ValueError, match="bias"):
         bitpack.float_dense(np.zeros((2, 3), np.float32), np.zeros((3, 5), np.float32), np.zeros(4))
+
+
+def test_every_compiled_kernel_can_be_cached_on_disk(rng):
+    # numba refuses to cache a function whose code embeds a process address (a
+    # ctypes function pointer such as numba.get_num_threads() called inside
+    # the kernel, or a large global array): then every new process compiles it
+    # again, about a minute for the binary layer.
+    x = rng.normal(size=(1, 6, 6, 16)).astype("float32")
+    packed, tap_sums = bitpack.pack_weights(signs(rng, (3, 3, 16, 8)))
+    bitpack.BinaryConv2D(packed, tap_sums, 16, (3, 3), input_scaling=True, pool_size=(2, 2))(x)
+    bitpack.binary_conv2d(bitpack.pack_channels(x), 16, packed, tap_sums, (3, 3))
+    bitpack.FloatConv2D(rng.normal(size=(3, 3, 1, 8)).astype("float32"))(x[..., :1])
+    bitpack.max_pool2d(x, (2, 2), (2, 2), "valid")
+    checked = []
+    for name in dir(bitpack):
+        function = getattr(bitpack, name)
+        if not isinstance(function, numba.core.registry.CPUDispatcher):
+            continue
+        for result in function.overloads.values():
+            assert not result.library.has_dynamic_globals, f"bitpack.{name} cannot be cached"
+            checked.append(name)
+    assert {"_binary_layer", "_binary_conv2d", "_pack_rows", "_direct_conv"} <= set(checked)

@@ -419,7 +419,10 @@ def _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction, ker
 @numba.njit(parallel=True, **_JIT)
 def _binary_conv2d(x_packed, channels, w_packed, tap_sums, kernel_h, kernel_w, stride_h, stride_w,
                    dilation_h, dilation_w, pad_top, pad_left, out_h, out_w, pad_value, multiplier,
-                   offset, scale_map, scale_mode, pool_h, pool_w, out):  # fmt: skip
+                   offset, scale_map, scale_mode, pool_h, pool_w, threads, out):  # fmt: skip
+    # threads: numba.get_num_threads() of the caller, passed in because calling
+    # it here would embed a function pointer that stops numba caching this
+    # function (every new process would compile it again, about a minute).
     # scale_mode: 0 no scale; 1 scale_map (N, H', W') given; 2 scale_map is the
     # input's channel mean (N, H, W) and K, its box mean, is computed here
     # while gathering (the same taps, no pass of its own).
@@ -441,7 +444,7 @@ def _binary_conv2d(x_packed, channels, w_packed, tap_sums, kernel_h, kernel_w, s
     # fixed half of the rows per thread would wait for the slower one.
     tasks = batch * rows
     next_task = np.zeros(1, np.int64)
-    for _ in prange(min(numba.get_num_threads(), tasks)):
+    for _ in prange(min(threads, tasks)):
         patches = np.empty((out_w, words), np.uint64)
         padded = np.empty((out_w, taps), np.bool_)  # written by the gather
         any_padded = np.empty(out_w, np.bool_)
@@ -596,6 +599,7 @@ def binary_conv2d(
         scale_mode,
         1,
         1,
+        numba.get_num_threads(),
         output_array(out, (x_packed.shape[0], *window[-2:], outputs)),
     )
 
@@ -603,7 +607,7 @@ def binary_conv2d(
 @numba.njit(**_JIT)
 def _binary_layer(x, channels, scale, shift, w_packed, tap_sums, kernel_h, kernel_w, stride_h,
                   stride_w, dilation_h, dilation_w, top, left, out_h, out_w, pad_value,
-                  multiplier, offset, input_scaling, pool_h, pool_w, out):  # fmt: skip
+                  multiplier, offset, input_scaling, pool_h, pool_w, threads, out):  # fmt: skip
     # pack (with K's channel mean) → K → xor-popcount conv (→ max-pool), in one
     # call from Python
     batch, height, width, _ = x.shape
@@ -616,7 +620,8 @@ def _binary_layer(x, channels, scale, shift, w_packed, tap_sums, kernel_h, kerne
     return _binary_conv2d(
         packed, channels, w_packed, tap_sums, kernel_h, kernel_w, stride_h, stride_w, dilation_h,
         dilation_w, top, left, out_h, out_w, pad_value, multiplier, offset,
-        abs_means.reshape(batch, height, width), 2 if input_scaling else 0, pool_h, pool_w, out,
+        abs_means.reshape(batch, height, width), 2 if input_scaling else 0, pool_h, pool_w,
+        threads, out,
     )  # fmt: skip
 
 
@@ -750,6 +755,7 @@ class BinaryConv2D(_PreparedConv):
             self.offset,
             self.input_scaling,
             *self.pool_size,
+            numba.get_num_threads(),
             output_array(out, self.output_shape(x.shape)),
         )
 
