@@ -416,7 +416,7 @@ def _as_numpy(value):
 
 
 #: Float dense layers with at most this many weights run in a compiled loop on
-#: the calling thread (see :func:`xnor_larq.bitpack.float_dense`); larger ones in BLAS.
+#: the calling thread (see :class:`xnor_larq.bitpack.FloatDense`); larger ones in BLAS.
 COMPILED_DENSE_WEIGHTS = 1 << 16
 
 
@@ -424,13 +424,13 @@ def _dense_op(layer):
     kernel = np.asarray(layer.kernel, np.float32)
     bias = np.asarray(layer.bias, np.float32) if layer.use_bias else None
     activation = _activation_op(layer.activation)
-    # the compiled loop's bias, built once (it takes zeros where there is none)
-    compiled_bias = np.zeros(kernel.shape[1], np.float32) if bias is None else bias
-    float_dense = _bitpack().float_dense if kernel.size <= COMPILED_DENSE_WEIGHTS else None
+    float_dense = (
+        _bitpack().FloatDense(kernel, bias) if kernel.size <= COMPILED_DENSE_WEIGHTS else None
+    )
 
     def run(x):
         if float_dense is not None and x.ndim == 2:
-            return activation(float_dense(x, kernel, compiled_bias))
+            return activation(float_dense(x))
         out = x @ kernel
         if bias is not None:
             out = out + bias
