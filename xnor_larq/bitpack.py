@@ -495,7 +495,6 @@ def _binary_conv2d(x_packed, channels, w_packed, tap_sums, kernel_h, kernel_w, s
                         else:
                             for o in range(outputs):  # vectorized over channels
                                 pixel[o] = max(pixel[o], source[o])
-    return out
 
 
 def same_padding(size, kernel, stride, dilation):
@@ -596,7 +595,8 @@ def binary_conv2d(
     if scale_map is None:
         scale_map = np.ones((1, 1, 1), np.float32)
     window = _window(height, width, kernel_size, strides, dilation_rate, padding)
-    return _binary_conv2d(
+    out = output_array(out, (x_packed.shape[0], *window[-2:], outputs))
+    _binary_conv2d(
         np.ascontiguousarray(x_packed, np.uint64),
         channels,
         row_run_weights(np.ascontiguousarray(w_packed, np.uint64), channels, kernel_size),
@@ -610,8 +610,9 @@ def binary_conv2d(
         1,
         1,
         _current_threads(),
-        output_array(out, (x_packed.shape[0], *window[-2:], outputs)),
+        out,
     )
+    return out
 
 
 @numba.njit(**_JIT)
@@ -627,7 +628,7 @@ def _binary_layer(x, channels, scale, shift, w_packed, tap_sums, kernel_h, kerne
     )
     packed = packed.reshape(batch, height, width, packed.shape[1])
     # with K, the conv takes the channel means and box-filters them as it gathers
-    return _binary_conv2d(
+    _binary_conv2d(
         packed, channels, w_packed, tap_sums, kernel_h, kernel_w, stride_h, stride_w, dilation_h,
         dilation_w, top, left, out_h, out_w, pad_value, multiplier, offset,
         abs_means.reshape(batch, height, width), 2 if input_scaling else 0, pool_h, pool_w,
@@ -644,6 +645,7 @@ class _PreparedConv:
 
     def __init__(self):
         self._windows = {}  # (height, width) -> the kernels' window arguments
+        self._calls = {}  # input shape -> (window arguments, output shape), checked once
 
     def _window_for(self, size):
         window = self._windows.get(size)
@@ -657,16 +659,23 @@ class _PreparedConv:
         """``(N, H', W', outputs)`` for an ``(N, H, W, C)`` input."""
         return (input_shape[0], *self._window_for(tuple(input_shape[1:3]))[-2:], self.outputs)
 
-    def _checked(self, x):
-        """``x`` as C-contiguous float32 ``(N, H, W, channels)``, and its window arguments."""
-        x = np.ascontiguousarray(x, np.float32)
-        if x.ndim != 4 or x.shape[3] != self.channels:
-            # the compiled loops do not bounds-check: a mismatch would read past the arrays
-            raise ValueError(
-                f"the input must be (batch, height, width, {self.channels}) for this "
-                f"{type(self).__name__}. Received: shape {x.shape}"
-            )
-        return x, self._window_for(x.shape[1:3])
+    def _prepared(self, x):
+        """``x`` as C-contiguous float32 ``(N, H, W, channels)``, its window
+        arguments and the output shape. The shape is checked once per input
+        shape: at batch 1 this Python work is a visible part of a layer's time."""
+        if type(x) is not np.ndarray or x.dtype != np.float32 or not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x, np.float32)
+        call = self._calls.get(x.shape)
+        if call is None:
+            if x.ndim != 4 or x.shape[3] != self.channels:
+                # the compiled loops do not bounds-check: a mismatch would read past the arrays
+                raise ValueError(
+                    f"the input must be (batch, height, width, {self.channels}) for this "
+                    f"{type(self).__name__}. Received: shape {x.shape}"
+                )
+            call = (self._window_for(x.shape[1:3]), self.output_shape(x.shape))
+            self._calls[x.shape] = call
+        return x, *call
 
 
 class BinaryConv2D(_PreparedConv):
@@ -736,6 +745,9 @@ class BinaryConv2D(_PreparedConv):
         self.offset = per_channel("offset", offset, outputs, 0.0)
         self.input_scale = per_channel("input_scale", input_scale, channels, 1.0)
         self.input_shift = per_channel("input_shift", input_shift, channels, 0.0)
+        # the compiled call's arguments before and after the window's
+        self._weights = (channels, self.input_scale, self.input_shift, self.w_packed, self.tap_sums)
+        self._epilogue = (self.pad_value, self.multiplier, self.offset, input_scaling, *pool_size)
         super().__init__()
 
     def output_shape(self, input_shape) -> tuple:
@@ -751,23 +763,10 @@ class BinaryConv2D(_PreparedConv):
 
     def __call__(self, x, out=None):
         """The layer's output for ``x``, written to ``out`` if given (see :func:`output_array`)."""
-        x, window = self._checked(x)
-        return _binary_layer(
-            x,
-            self.channels,
-            self.input_scale,
-            self.input_shift,
-            self.w_packed,
-            self.tap_sums,
-            *window,
-            self.pad_value,
-            self.multiplier,
-            self.offset,
-            self.input_scaling,
-            *self.pool_size,
-            _current_threads(),
-            output_array(out, self.output_shape(x.shape)),
-        )
+        x, window, out_shape = self._prepared(x)
+        out = output_array(out, out_shape)
+        _binary_layer(x, *self._weights, *window, *self._epilogue, _current_threads(), out)
+        return out
 
 
 @numba.njit(parallel=True, **_JIT)
@@ -980,7 +979,6 @@ def _direct_conv(x, kernel, outputs, kernel_h, kernel_w, stride_h, stride_w, dil
                     for o in range(outputs):
                         out[n, oh, ow + p, o] = pixels[p * lanes + o]
             ow += count
-    return out
 
 
 #: Below this many multiply-adds per output value (kh·kw·C_in) a float conv
@@ -1021,10 +1019,11 @@ class FloatConv2D(_PreparedConv):
 
     def __call__(self, x, out=None):
         """The convolution of ``x``, written to ``out`` if given (see :func:`output_array`)."""
-        x, window = self._checked(x)
-        out = output_array(out, (x.shape[0], *window[-2:], self.outputs))
+        x, window, out_shape = self._prepared(x)
+        out = output_array(out, out_shape)
         if self.direct:
-            return _direct_conv(x, self.kernel, self.outputs, *window, out)
+            _direct_conv(x, self.kernel, self.outputs, *window, out)
+            return out
         np.matmul(_im2col(x, *window), self.kernel, out=out.reshape(-1, self.outputs))
         return out
 
