@@ -161,11 +161,28 @@ def test_prepared_float_conv_is_reusable_across_input_sizes(rng, channels):
         np.testing.assert_allclose(conv(x), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("channels", [1, 8])  # the direct loop, and im2col + BLAS
+@pytest.mark.parametrize("with_bias, activation", [(True, None), (False, "relu"), (True, "relu")])
+def test_float_conv_adds_its_bias_and_relu_in_the_call(rng, channels, with_bias, activation):
+    weights = rng.normal(size=(3, 3, channels, 12)).astype("float32")
+    bias = rng.normal(size=12).astype("float32") if with_bias else None
+    conv = bitpack.FloatConv2D(weights, padding="same", bias=bias, activation=activation)
+    x = rng.normal(size=(2, 9, 10, channels)).astype("float32")
+    expected = tf.nn.conv2d(x, weights, 1, "SAME").numpy() + (0 if bias is None else bias)
+    if activation == "relu":
+        expected = np.maximum(expected, 0)
+    np.testing.assert_allclose(conv(x), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_float_conv_refuses_bad_kernels_padding_and_inputs(rng):
     with pytest.raises(ValueError, match=r"`kernel` must be .* Received: shape \(3, 3, 4\)"):
         bitpack.FloatConv2D(rng.normal(size=(3, 3, 4)))
     with pytest.raises(ValueError, match="padding='full'"):
         bitpack.FloatConv2D(rng.normal(size=(3, 3, 4, 2)), padding="full")
+    with pytest.raises(ValueError, match="activation='tanh'"):
+        bitpack.FloatConv2D(rng.normal(size=(3, 3, 4, 2)), activation="tanh")
+    with pytest.raises(ValueError, match=r"`bias` must have shape \(2,\). Received: \(3,\)"):
+        bitpack.FloatConv2D(rng.normal(size=(3, 3, 4, 2)), bias=np.zeros(3))
     conv = bitpack.FloatConv2D(rng.normal(size=(3, 3, 4, 2)))
     with pytest.raises(ValueError, match=r"\(batch, height, width, 4\).*shape \(1, 5, 5, 3\)"):
         conv(np.zeros((1, 5, 5, 3), np.float32))

@@ -229,6 +229,17 @@ def test_batch_norm_and_relu_after_a_float_conv_run_in_its_step(rng, after, fuse
     assert_close(compiled.predict(x), model(x).numpy())
 
 
+@pytest.mark.parametrize("channels", [3, 8])  # the direct loop, and im2col + BLAS
+@pytest.mark.parametrize("activation", ["relu", "tanh"])  # in the compiled call, and after it
+def test_a_float_conv_with_its_own_bias_and_activation(rng, channels, activation):
+    inputs = tf.keras.Input((9, 7, channels))
+    x = tf.keras.layers.Conv2D(8, 3, padding="same", activation=activation, name="stem")(inputs)
+    model = tf.keras.Model(inputs, tf.keras.layers.Flatten()(x))
+    model.get_layer("stem").bias.assign(rng.normal(size=8).astype("float32"))
+    x = rng.normal(size=(3, 9, 7, channels)).astype("float32")
+    assert_close(inference.compile(model).predict(x), model(x).numpy())
+
+
 def test_a_float_conv_output_read_twice_keeps_its_batch_norm_step(rng):
     model = _float_stem_model(["bn", "relu"], use_bias=False, shared=True)
     compiled = inference.compile(model)

@@ -465,7 +465,8 @@ def _is_plain_relu(layer) -> bool:
 
 def _conv_op(layer, buffers, batch_norm=None, relu=False):
     """A float conv's step; ``batch_norm`` ``(scale, shift)`` of a BN that follows
-    is folded into the kernel and bias, and a ReLU that follows is applied in place."""
+    is folded into the kernel and bias, and a ReLU that follows is applied in the
+    same compiled call."""
     if not _is_compiled_conv(layer):
         return lambda x: _as_numpy(layer(x, training=False))
     kernel = np.asarray(layer.kernel, np.float32)
@@ -474,24 +475,23 @@ def _conv_op(layer, buffers, batch_norm=None, relu=False):
         scale, shift = batch_norm
         kernel = (kernel * scale).astype(np.float32)  # scales each output channel
         bias = ((0 if bias is None else bias) * scale + shift).astype(np.float32)
+    # a ReLU (folded or the layer's own) is applied in the compiled call with the bias
+    relu = relu or _activation_name(layer) == "relu"
     conv = _bitpack().FloatConv2D(
         kernel,
         strides=tuple(layer.strides),
         dilation_rate=tuple(layer.dilation_rate),
         padding=layer.padding,
+        bias=bias,
+        activation="relu" if relu else None,
     )
-    activation = _activation_op(layer.activation)
+    activation = _NUMPY_ACTIVATIONS["linear"] if relu else _activation_op(layer.activation)
 
     def run(x):
         out = None
         if buffers is not None and buffers.wants(x, conv.outputs):
             out = buffers.take(conv.output_shape(x.shape))
-        out = conv(x, out)
-        if bias is not None:
-            out += bias  # in place: `out` is this step's own array
-        if relu:
-            return np.maximum(out, 0, out=out)
-        return activation(out)
+        return activation(conv(x, out))
 
     return run
 
