@@ -926,55 +926,58 @@ def _direct_conv(x, kernel, outputs, bias, relu, kernel_h, kernel_w, stride_h, s
                  dil_w, top, left, out_h, out_w, out):  # fmt: skip
     # kernel: (kh·kw·C, lanes), the outputs zero-padded to a multiple of
     # FLOAT_LANES; bias (outputs,) or empty, then max(·, 0) if relu (each row
-    # once done). Per output pixel: list the taps inside the input, then sum
-    # them in vector registers (simd.float_accumulate). Where every tap of a
-    # group of neighbouring pixels is inside the input (the interior), the
-    # group is summed in one pass that loads each weight once.
+    # once done). Per output row, the input rows its taps read are copied into
+    # a zero-padded buffer (padding adds nothing), so that every pixel has the
+    # same taps: 2 or 4 neighbouring pixels are summed at once in vector
+    # registers (simd.float_accumulate), each weight loaded once for them, the
+    # borders included.
     batch, height, width, channels = x.shape
     lanes = kernel.shape[1]
     x_flat = x.reshape(-1)
     out_flat = out.reshape(-1)
     direct = lanes == outputs  # else through a padded per-pixel buffer
     group = 4 if lanes <= 16 else 2
-    # the output columns whose taps are all inside the input's width
-    first_inside, end_inside = _inside_columns(width, kernel_w, stride_w, dil_w, left, out_w)
+    # the buffer's columns: those the row's windows span, from the left padding
+    span = (out_w - 1) * stride_w + (kernel_w - 1) * dil_w + 1
+    first_column, end_column = max(0, left), min(span, left + width)  # those with input
+    copied = max(0, end_column - first_column) * channels
     for row in prange(batch * out_h):
         n = row // out_h
         oh = row % out_h
-        offsets = np.empty(kernel_h * kernel_w, np.int64)  # of each tap's first channel in x
+        buffer = np.zeros(kernel_h * span * channels, np.float32)
+        offsets = np.empty(kernel_h * kernel_w, np.int64)  # of each tap's first float
         kernel_rows = np.empty(kernel_h * kernel_w, np.int64)  # and its first kernel row
         pixels = np.empty(group * lanes, np.float32)
+        taps = 0
+        run = kernel_w * channels if dil_w == 1 else channels  # floats a tap covers
+        for kh in range(kernel_h):
+            ih = oh * stride_h - top + kh * dil_h
+            if ih < 0 or ih >= height:
+                continue  # a padding row adds nothing: no tap
+            at = kh * span * channels
+            source = ((n * height + ih) * width + first_column - left) * channels
+            target_at = at + first_column * channels
+            buffer[target_at : target_at + copied] = x_flat[source : source + copied]
+            if dil_w == 1:  # a whole kernel row: kw·C floats in a row, one tap
+                offsets[taps] = at
+                kernel_rows[taps] = kh * kernel_w * channels
+                taps += 1
+                continue
+            for kw in range(kernel_w):
+                offsets[taps] = at + kw * dil_w * channels
+                kernel_rows[taps] = (kh * kernel_w + kw) * channels
+                taps += 1
         ow = 0
         while ow < out_w:
-            count = 1
-            if first_inside <= ow and ow + group <= end_inside:
-                count = group
-            taps = 0
-            run = channels  # floats a tap covers in x and in the kernel rows
-            for kh in range(kernel_h):
-                ih = oh * stride_h - top + kh * dil_h
-                if ih < 0 or ih >= height:
-                    continue
-                if count > 1 and dil_w == 1:
-                    # a whole kernel row inside the input: kw·C floats in a row
-                    # of x and of the kernel, summed as one tap
-                    iw = ow * stride_w - left
-                    offsets[taps] = ((n * height + ih) * width + iw) * channels
-                    kernel_rows[taps] = kh * kernel_w * channels
-                    run = kernel_w * channels
-                    taps += 1
-                    continue
-                for kw in range(kernel_w):
-                    iw = ow * stride_w - left + kw * dil_w
-                    if 0 <= iw < width:  # padding adds nothing
-                        offsets[taps] = ((n * height + ih) * width + iw) * channels
-                        kernel_rows[taps] = (kh * kernel_w + kw) * channels
-                        taps += 1
+            count = group
+            if ow + count > out_w:
+                count = 2 if ow + 2 <= out_w else 1
             target, start = pixels, 0
             if direct:
                 target, start = out_flat, ((n * out_h + oh) * out_w + ow) * outputs
-            _accumulate_pixels(count, x_flat, offsets, kernel_rows, taps, run, kernel,
-                               target, start, stride_w * channels, lanes)  # fmt: skip
+            _accumulate_pixels(count, buffer[ow * stride_w * channels :], offsets, kernel_rows,
+                               taps, run, kernel, target, start, stride_w * channels,
+                               lanes)  # fmt: skip
             if not direct:
                 for p in range(count):
                     for o in range(outputs):
@@ -1019,9 +1022,10 @@ class FloatConv2D(_PreparedConv):
     Thin convolutions (fewer than :data:`DIRECT_CONV_DEPTH` multiply-adds per
     output value) run as a direct compiled loop that sums each output pixel in
     vector registers (:data:`xnor_larq.simd.float_accumulate`, the kernel's
-    outputs zero-padded to a multiple of 8; in the interior 2 or 4 neighbouring
-    pixels at once, each kernel row as one run of ``kw·C`` floats); the rest as
-    im2col plus one BLAS product.
+    outputs zero-padded to a multiple of 8; 2 or 4 neighbouring pixels at once,
+    each kernel row as one run of ``kw·C`` floats, from input rows copied into
+    a zero-padded row buffer so that the borders take the same path); the rest
+    as im2col plus one BLAS product.
 
     ``bias`` (``(out_channels,)``, e.g. a folded BatchNormalization) and
     ``activation="relu"`` are applied to each output row in the same compiled
