@@ -94,6 +94,13 @@ def _next_task(typingctx, counter):
     return types.int64(counter), codegen
 
 
+@numba.njit(inline="always", **_JIT)
+def _pack_row(flat_values, r, bits, scale, shift, flat_packed, words, abs_means):
+    total = simd.pack_signs(flat_values, r * bits, scale, shift, bits, flat_packed, r * words)
+    # in float32: the same rounding as float64's quotient, no conversions
+    abs_means[r] = total / np.float32(bits)
+
+
 @numba.njit(parallel=True, **_JIT)
 def _pack_rows(values, scale, shift, words, abs_means):
     # values: (rows, bits) float32 -> (rows, words) uint64, bit set where
@@ -104,9 +111,25 @@ def _pack_rows(values, scale, shift, words, abs_means):
     flat_values = values.reshape(-1)
     flat_packed = packed.reshape(-1)
     for r in prange(rows):
-        total = simd.pack_signs(flat_values, r * bits, scale, shift, bits, flat_packed, r * words)
-        # in float32: the same rounding as float64's quotient, no conversions
-        abs_means[r] = total / np.float32(bits)
+        _pack_row(flat_values, r, bits, scale, shift, flat_packed, words, abs_means)
+    return packed
+
+
+#: Inputs of at most this many floats are packed on the calling thread: below
+#: it, starting the other threads costs more than they save (batch 1 of thin
+#: layers, dense layers).
+SERIAL_PACK_FLOATS = 1 << 13
+
+
+@numba.njit(**_JIT)
+def _pack_rows_serial(values, scale, shift, words, abs_means):
+    # _pack_rows on the calling thread
+    rows, bits = values.shape
+    packed = np.empty((rows, words), np.uint64)
+    flat_values = values.reshape(-1)
+    flat_packed = packed.reshape(-1)
+    for r in range(rows):
+        _pack_row(flat_values, r, bits, scale, shift, flat_packed, words, abs_means)
     return packed
 
 
@@ -320,7 +343,7 @@ def _append_bits(patches, ow, current, filled, index, value, bits):
 
 
 @numba.njit(inline="always", **_JIT)
-def _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction, kernel_h, kernel_w,
+def _binary_conv_row(x_packed, channels, w_packed, pad_correction, kernel_h, kernel_w,
                      stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left, out_w,
                      multiplier, offset, scale_map, scale_mode, n, oh, patches, padded,
                      any_padded, input_scaling, column_sums, correction, no_correction,
@@ -329,7 +352,7 @@ def _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction, ker
     # receptive field of the row into its bit string, then xor-popcount them
     # against the weights. The other arrays after `oh` are the task's scratch.
     batch, height, width, in_words = x_packed.shape
-    outputs = tap_sums.shape[0]
+    outputs = pad_correction.shape[1]
     taps = kernel_h * kernel_w
     # float32 holds these integers exactly (|dot| < 2**24)
     full_dot = np.float32(taps * channels)
@@ -427,9 +450,11 @@ def _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction, ker
 
 
 @numba.njit(parallel=True, **_JIT)
-def _binary_conv2d(x_packed, channels, w_packed, tap_sums, kernel_h, kernel_w, stride_h, stride_w,
-                   dilation_h, dilation_w, pad_top, pad_left, out_h, out_w, pad_value, multiplier,
+def _binary_conv2d(x_packed, channels, w_packed, pad_correction, kernel_h, kernel_w, stride_h,
+                   stride_w, dilation_h, dilation_w, pad_top, pad_left, out_h, out_w, multiplier,
                    offset, scale_map, scale_mode, pool_h, pool_w, threads, out):  # fmt: skip
+    # pad_correction (taps, outputs): what a padded tap adds to each channel's
+    # dot (_pad_corrections), prepared once by the callers.
     # threads: numba.get_num_threads() of the caller, passed in because calling
     # it here would embed a function pointer that stops numba caching this
     # function (every new process would compile it again, about a minute).
@@ -441,12 +466,10 @@ def _binary_conv2d(x_packed, channels, w_packed, tap_sums, kernel_h, kernel_w, s
     # task computes the pool_h conv rows of one pooled row in a row buffer.
     batch = x_packed.shape[0]
     blocks, words, _ = w_packed.shape
-    outputs = tap_sums.shape[0]
+    outputs = pad_correction.shape[1]
     taps = kernel_h * kernel_w
     pooled = pool_h * pool_w > 1
     rows = out.shape[1]  # output rows, pooled or not
-    # what a padded tap adds to each channel's dot, (taps, outputs)
-    pad_correction = np.ascontiguousarray(tap_sums.T) * np.int32(pad_value - 1)
     # input columns a row's windows span, padding included
     columns = (out_w - 1) * stride_w + (kernel_w - 1) * dilation_w + 1 if scale_mode == 2 else 0
     # Each thread takes the next output row from a shared counter until none
@@ -471,7 +494,7 @@ def _binary_conv2d(x_packed, channels, w_packed, tap_sums, kernel_h, kernel_w, s
             n = task // rows
             row = task % rows
             if not pooled:
-                _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction,
+                _binary_conv_row(x_packed, channels, w_packed, pad_correction,
                                  kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w,
                                  pad_top, pad_left, out_w, multiplier, offset, scale_map,
                                  scale_mode, n, row, patches, padded, any_padded, input_scaling,
@@ -480,7 +503,7 @@ def _binary_conv2d(x_packed, channels, w_packed, tap_sums, kernel_h, kernel_w, s
                 continue
             target = out[n, row]
             for ph in range(pool_h):
-                _binary_conv_row(x_packed, channels, w_packed, tap_sums, pad_correction,
+                _binary_conv_row(x_packed, channels, w_packed, pad_correction,
                                  kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w,
                                  pad_top, pad_left, out_w, multiplier, offset, scale_map,
                                  scale_mode, n, row * pool_h + ph, patches, padded, any_padded,
@@ -556,6 +579,14 @@ def output_array(out, shape):
     return out
 
 
+def _pad_corrections(tap_sums, pad_value):
+    """``(taps, outputs)`` int32: what a padded tap adds to each output channel's
+    dot. The kernels gather padding as +1 (clear bits), which contributes the
+    tap's weight sum; ``pad_value`` (0 or ±1) should contribute ``pad_value``
+    times it."""
+    return np.ascontiguousarray(np.asarray(tap_sums, np.int32).T * np.int32(pad_value - 1))
+
+
 def binary_conv2d(
     x_packed,
     channels,
@@ -600,9 +631,8 @@ def binary_conv2d(
         np.ascontiguousarray(x_packed, np.uint64),
         channels,
         row_run_weights(np.ascontiguousarray(w_packed, np.uint64), channels, kernel_size),
-        tap_sums,
+        _pad_corrections(tap_sums, pad_value),
         *window,
-        int(pad_value),
         np.ascontiguousarray(multiplier, np.float32),
         np.ascontiguousarray(offset, np.float32),
         np.ascontiguousarray(scale_map, np.float32),
@@ -616,21 +646,23 @@ def binary_conv2d(
 
 
 @numba.njit(**_JIT)
-def _binary_layer(x, channels, scale, shift, w_packed, tap_sums, kernel_h, kernel_w, stride_h,
-                  stride_w, dilation_h, dilation_w, top, left, out_h, out_w, pad_value,
-                  multiplier, offset, input_scaling, pool_h, pool_w, threads, out):  # fmt: skip
+def _binary_layer(x, channels, scale, shift, w_packed, pad_correction, kernel_h, kernel_w,
+                  stride_h, stride_w, dilation_h, dilation_w, top, left, out_h, out_w, multiplier,
+                  offset, input_scaling, pool_h, pool_w, threads, out):  # fmt: skip
     # pack (with K's channel mean) → K → xor-popcount conv (→ max-pool), in one
     # call from Python
     batch, height, width, _ = x.shape
     abs_means = np.empty(batch * height * width, np.float32)
-    packed = _pack_rows(
-        x.reshape(batch * height * width, channels), scale, shift, (channels + 63) // 64, abs_means
-    )
+    rows = x.reshape(batch * height * width, channels)
+    if x.size <= SERIAL_PACK_FLOATS:
+        packed = _pack_rows_serial(rows, scale, shift, (channels + 63) // 64, abs_means)
+    else:
+        packed = _pack_rows(rows, scale, shift, (channels + 63) // 64, abs_means)
     packed = packed.reshape(batch, height, width, packed.shape[1])
     # with K, the conv takes the channel means and box-filters them as it gathers
     _binary_conv2d(
-        packed, channels, w_packed, tap_sums, kernel_h, kernel_w, stride_h, stride_w, dilation_h,
-        dilation_w, top, left, out_h, out_w, pad_value, multiplier, offset,
+        packed, channels, w_packed, pad_correction, kernel_h, kernel_w, stride_h, stride_w,
+        dilation_h, dilation_w, top, left, out_h, out_w, multiplier, offset,
         abs_means.reshape(batch, height, width), 2 if input_scaling else 0, pool_h, pool_w,
         threads, out,
     )  # fmt: skip
@@ -746,8 +778,14 @@ class BinaryConv2D(_PreparedConv):
         self.input_scale = per_channel("input_scale", input_scale, channels, 1.0)
         self.input_shift = per_channel("input_shift", input_shift, channels, 0.0)
         # the compiled call's arguments before and after the window's
-        self._weights = (channels, self.input_scale, self.input_shift, self.w_packed, self.tap_sums)
-        self._epilogue = (self.pad_value, self.multiplier, self.offset, input_scaling, *pool_size)
+        self._weights = (
+            channels,
+            self.input_scale,
+            self.input_shift,
+            self.w_packed,
+            _pad_corrections(self.tap_sums, self.pad_value),
+        )
+        self._epilogue = (self.multiplier, self.offset, input_scaling, *pool_size)
         super().__init__()
 
     def output_shape(self, input_shape) -> tuple:
