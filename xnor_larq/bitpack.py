@@ -95,24 +95,21 @@ def _next_task(typingctx, counter):
 
 
 @numba.njit(inline="always", **_JIT)
-def _pack_row(flat_values, r, bits, scale, shift, flat_packed, words, abs_means):
-    total = simd.pack_signs(flat_values, r * bits, scale, shift, bits, flat_packed, r * words)
+def _pack_row(values, r, bits, scale, shift, packed, words, abs_means):
+    # row r of the (rows, bits) float32 values into the (rows, words) uint64
+    # packed rows, both given flat, bit set where values[r, c] · scale[c] +
+    # shift[c] < 0 (a folded BatchNorm, or 1 and 0); abs_means[r] = mean
+    # |that| (for K) in the same pass (simd.pack_signs)
+    total = simd.pack_signs(values, r * bits, scale, shift, bits, packed, r * words)
     # in float32: the same rounding as float64's quotient, no conversions
     abs_means[r] = total / np.float32(bits)
 
 
 @numba.njit(parallel=True, **_JIT)
-def _pack_rows(values, scale, shift, words, abs_means):
-    # values: (rows, bits) float32 -> (rows, words) uint64, bit set where
-    # values[r, c] · scale[c] + shift[c] < 0 (a folded BatchNorm, or 1 and 0);
-    # abs_means[r] = mean |that| (for K) in the same pass (simd.pack_signs).
-    rows, bits = values.shape
-    packed = np.empty((rows, words), np.uint64)
-    flat_values = values.reshape(-1)
-    flat_packed = packed.reshape(-1)
-    for r in prange(rows):
-        _pack_row(flat_values, r, bits, scale, shift, flat_packed, words, abs_means)
-    return packed
+def _pack_rows(values, bits, scale, shift, packed, words, abs_means):
+    # every row (of abs_means' length) by _pack_row, in parallel
+    for r in prange(abs_means.shape[0]):
+        _pack_row(values, r, bits, scale, shift, packed, words, abs_means)
 
 
 #: Inputs of at most this many floats are packed on the calling thread: below
@@ -122,26 +119,24 @@ SERIAL_PACK_FLOATS = 1 << 13
 
 
 @numba.njit(**_JIT)
-def _pack_rows_serial(values, scale, shift, words, abs_means):
+def _pack_rows_serial(values, bits, scale, shift, packed, words, abs_means):
     # _pack_rows on the calling thread
-    rows, bits = values.shape
-    packed = np.empty((rows, words), np.uint64)
-    flat_values = values.reshape(-1)
-    flat_packed = packed.reshape(-1)
-    for r in range(rows):
-        _pack_row(flat_values, r, bits, scale, shift, flat_packed, words, abs_means)
-    return packed
+    for r in range(abs_means.shape[0]):
+        _pack_row(values, r, bits, scale, shift, packed, words, abs_means)
 
 
 def _pack(rows, scale=None, shift=None):
     """``_pack_rows`` of a 2-D float32 array; returns ``(packed, abs_means)``."""
-    bits = rows.shape[1]
-    abs_means = np.empty(rows.shape[0], np.float32)
-    packed = _pack_rows(
-        rows,
+    count, bits = rows.shape
+    abs_means = np.empty(count, np.float32)
+    packed = np.empty((count, words_for(bits)), np.uint64)
+    _pack_rows(
+        rows.reshape(-1),
+        bits,
         np.ones(bits, np.float32) if scale is None else np.ascontiguousarray(scale, np.float32),
         np.zeros(bits, np.float32) if shift is None else np.ascontiguousarray(shift, np.float32),
-        words_for(bits),
+        packed.reshape(-1),
+        packed.shape[1],
         abs_means,
     )
     return packed, abs_means
@@ -653,12 +648,13 @@ def _binary_layer(x, channels, scale, shift, w_packed, pad_correction, kernel_h,
     # call from Python
     batch, height, width, _ = x.shape
     abs_means = np.empty(batch * height * width, np.float32)
-    rows = x.reshape(batch * height * width, channels)
+    words = (channels + 63) // 64
+    packed = np.empty((batch, height, width, words), np.uint64)
     if x.size <= SERIAL_PACK_FLOATS:
-        packed = _pack_rows_serial(rows, scale, shift, (channels + 63) // 64, abs_means)
+        _pack_rows_serial(x.reshape(-1), channels, scale, shift, packed.reshape(-1), words,
+                          abs_means)  # fmt: skip
     else:
-        packed = _pack_rows(rows, scale, shift, (channels + 63) // 64, abs_means)
-    packed = packed.reshape(batch, height, width, packed.shape[1])
+        _pack_rows(x.reshape(-1), channels, scale, shift, packed.reshape(-1), words, abs_means)
     # with K, the conv takes the channel means and box-filters them as it gathers
     _binary_conv2d(
         packed, channels, w_packed, pad_correction, kernel_h, kernel_w, stride_h, stride_w,
