@@ -672,38 +672,42 @@ class _PreparedConv:
     """
 
     def __init__(self):
-        self._windows = {}  # (height, width) -> the kernels' window arguments
-        self._calls = {}  # input shape -> (window arguments, output shape), checked once
+        self._geometries = {}  # input shape -> (window arguments, output shape), checked once
 
-    def _window_for(self, size):
-        window = self._windows.get(size)
-        if window is None:
-            window = self._windows[size] = _window(
-                *size, self.kernel_size, self.strides, self.dilation_rate, self.padding
-            )
-        return window
-
-    def output_shape(self, input_shape) -> tuple:
-        """``(N, H', W', outputs)`` for an ``(N, H, W, C)`` input."""
-        return (input_shape[0], *self._window_for(tuple(input_shape[1:3]))[-2:], self.outputs)
-
-    def _prepared(self, x):
-        """``x`` as C-contiguous float32 ``(N, H, W, channels)``, its window
-        arguments and the output shape. The shape is checked once per input
-        shape: at batch 1 this Python work is a visible part of a layer's time."""
-        if type(x) is not np.ndarray or x.dtype != np.float32 or not x.flags.c_contiguous:
-            x = np.ascontiguousarray(x, np.float32)
-        call = self._calls.get(x.shape)
-        if call is None:
-            if x.ndim != 4 or x.shape[3] != self.channels:
+    def _geometry(self, input_shape):
+        """The kernels' window arguments and the output shape for an input shape,
+        checked and computed once per shape: at batch 1 this Python work is a
+        visible part of a layer's time."""
+        geometry = self._geometries.get(input_shape)
+        if geometry is None:
+            if len(input_shape) != 4 or input_shape[3] != self.channels:
                 # the compiled loops do not bounds-check: a mismatch would read past the arrays
                 raise ValueError(
                     f"the input must be (batch, height, width, {self.channels}) for this "
-                    f"{type(self).__name__}. Received: shape {x.shape}"
+                    f"{type(self).__name__}. Received: shape {input_shape}"
                 )
-            call = (self._window_for(x.shape[1:3]), self.output_shape(x.shape))
-            self._calls[x.shape] = call
-        return x, *call
+            window = _window(
+                *input_shape[1:3], self.kernel_size, self.strides, self.dilation_rate, self.padding
+            )
+            geometry = (window, self._output_shape(input_shape[0], window))
+            self._geometries[input_shape] = geometry
+        return geometry
+
+    def _output_shape(self, batch, window):
+        # the convolution's; BinaryConv2D's is after its fused pool
+        return (batch, *window[-2:], self.outputs)
+
+    def output_shape(self, input_shape) -> tuple:
+        """``(N, H', W', outputs)`` for an ``(N, H, W, channels)`` input (a
+        :class:`BinaryConv2D`'s after its fused pool, if any)."""
+        return self._geometry(tuple(input_shape))[1]
+
+    def _prepared(self, x):
+        """``x`` as C-contiguous float32 ``(N, H, W, channels)``, its window
+        arguments and the output shape."""
+        if type(x) is not np.ndarray or x.dtype != np.float32 or not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x, np.float32)
+        return x, *self._geometry(x.shape)
 
 
 class BinaryConv2D(_PreparedConv):
@@ -784,9 +788,9 @@ class BinaryConv2D(_PreparedConv):
         self._epilogue = (self.multiplier, self.offset, input_scaling, *pool_size)
         super().__init__()
 
-    def output_shape(self, input_shape) -> tuple:
-        """``(N, H', W', outputs)`` for an ``(N, H, W, C)`` input, after the pool if any."""
-        batch, height, width, outputs = super().output_shape(input_shape)
+    def _output_shape(self, batch, window):
+        # after the pool, if any
+        _, height, width, outputs = super()._output_shape(batch, window)
         pool_h, pool_w = self.pool_size
         if height < pool_h or width < pool_w:
             raise ValueError(

@@ -180,7 +180,6 @@ class BinaryLayer:
     float32_bytes: int = 0
     _kernel: object = field(default=None, repr=False)  # the bitpack.BinaryConv2D
     _buffers: _BufferPool | None = field(default=None, repr=False)
-    _outputs_per_pixel: float = field(default=0.0, repr=False)  # set with _kernel
 
     @property
     def packed_bytes(self) -> int:
@@ -204,13 +203,12 @@ class BinaryLayer:
                 input_scaling=self.input_scaling,
                 pool_size=self.pool_size,
             )
-            # a fused pool leaves outputs on 1 / (ph·pw) of the pixels
-            pooled = self.pool_size[0] * self.pool_size[1]
-            self._outputs_per_pixel = self.tap_sums.shape[0] / pooled
         if self.kind == "dense":
             x = x.reshape(x.shape[0], 1, 1, x.shape[-1])
         out = None
-        if self._buffers is not None and self._buffers.wants(x, self._outputs_per_pixel):
+        # a fused pool leaves outputs on 1 / (ph·pw) of the pixels
+        per_pixel = self.tap_sums.shape[0] / (self.pool_size[0] * self.pool_size[1])
+        if self._buffers is not None and self._buffers.wants(x, per_pixel):
             out = self._buffers.take(self._kernel.output_shape(x.shape))
         out = self._kernel(x, out)
         if self.activation is not None:
