@@ -46,6 +46,8 @@ CASES = [
     # one word a pixel, wider kernel rows: interior pixels' taps appended unchecked
     (8, 9, 48, 6, (3, 3), (1, 1), (1, 1), "same", -1),  # taps straddling words
     (9, 10, 40, 5, (3, 2), (2, 1), (1, 1), "valid", 0),
+    # two words a tap, 18 a field: the row's popcounts in one loop before the epilogue
+    (7, 6, 128, 9, (3, 3), (1, 1), (1, 1), "same", 1),
 ]
 
 
