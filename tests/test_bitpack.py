@@ -371,9 +371,19 @@ def test_every_compiled_kernel_can_be_cached_on_disk(rng):
         function = getattr(bitpack, name)
         if not isinstance(function, numba.core.registry.CPUDispatcher):
             continue
-        if name == "_current_threads":  # uncached on purpose: compiles in a moment
+        if name == "current_threads":  # uncached on purpose: compiles in a moment
             continue
         for result in function.overloads.values():
             assert not result.library.has_dynamic_globals, f"bitpack.{name} cannot be cached"
             checked.append(name)
     assert {"_binary_layer", "_binary_conv2d", "_pack_rows", "_direct_conv"} <= set(checked)
+
+
+def test_current_threads_is_numbas_thread_count_of_the_calling_thread():
+    previous = numba.get_num_threads()
+    try:
+        for threads in sorted({1, previous}):
+            numba.set_num_threads(threads)
+            assert bitpack.current_threads() == threads == numba.get_num_threads()
+    finally:
+        numba.set_num_threads(previous)

@@ -42,6 +42,7 @@ __all__ = [
     "FloatDense",
     "float_dense",
     "binary_conv2d",
+    "current_threads",
     "input_scaling_map",
     "max_pool2d",
     "pack_channels",
@@ -71,11 +72,12 @@ def _popcount(typingctx, value):
 
 
 @numba.njit(cache=False)
-def _current_threads():
-    # numba.get_num_threads() of the calling thread, for the kernels' `threads`
-    # argument: about 0.1 µs a call from Python against 1 µs for numba's own
-    # Python function. Not cached (the compiled call embeds a function
-    # pointer); it compiles in a fraction of a second.
+def current_threads():
+    """``numba.get_num_threads()`` of the calling thread, in about 0.1 µs a call
+    from Python against 1 µs for numba's own function (the kernels ask it on
+    every call, which counts at batch 1)."""
+    # Not cached: the compiled call embeds a function pointer (numba refuses to
+    # cache it); it compiles in a fraction of a second.
     return numba.get_num_threads()
 
 
@@ -624,6 +626,10 @@ def binary_conv2d(
     ``(N, H', W', O)``: ``dot · multiplier[o] · scale_map[n, h, w] + offset[o]``,
     where ``dot`` is the exact ±1 convolution (with ``multiplier=1``,
     ``offset=0`` and no scale map the integers themselves).
+
+    Each call prepares the weights again (for thin inputs, their kernel-row
+    layout); :class:`BinaryConv2D`, which takes the float input and packs it
+    in the same call, prepares them once for repeated calls.
     """
     _, height, width, _ = x_packed.shape
     outputs = tap_sums.shape[0]
@@ -653,7 +659,7 @@ def binary_conv2d(
         scale_mode,
         1,
         1,
-        _current_threads(),
+        current_threads(),
         out,
     )
     return out
@@ -822,7 +828,7 @@ class BinaryConv2D(_PreparedConv):
         """The layer's output for ``x``, written to ``out`` if given (see :func:`output_array`)."""
         x, window, out_shape = self._prepared(x)
         out = output_array(out, out_shape)
-        _binary_layer(x, *self._weights, *window, *self._epilogue, _current_threads(), out)
+        _binary_layer(x, *self._weights, *window, *self._epilogue, current_threads(), out)
         return out
 
 

@@ -542,7 +542,7 @@ def _numba_threads(threads):
     None); return the count it had (None where nothing changed)."""
     if threads is None:
         return None
-    previous = _bitpack()._current_threads()  # 0.1 µs; numba.get_num_threads() takes 1
+    previous = _bitpack().current_threads()  # 0.1 µs; numba.get_num_threads() takes 1
     if previous == threads:
         return None
     import numba
