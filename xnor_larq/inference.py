@@ -22,6 +22,7 @@ kernels do not cover, raise :class:`UnsupportedLayerError`; pass
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass, field
 
@@ -37,8 +38,11 @@ from .power_of_two import ap2
 __all__ = ["CompiledModel", "UnsupportedLayerError", "compile"]
 
 
+@functools.cache
 def _bitpack():
-    from . import bitpack  # imported late: it needs the optional numba
+    # imported late: it needs the optional numba. Cached: an import statement
+    # costs about 0.5 µs a call, and some steps ask on every call.
+    from . import bitpack
 
     return bitpack
 
