@@ -1,5 +1,9 @@
 """The compiled bitpacked kernels against TensorFlow/numpy references."""
 
+import subprocess
+import sys
+import textwrap
+
 import numba
 import numpy as np
 import pytest
@@ -377,6 +381,51 @@ def test_every_compiled_kernel_can_be_cached_on_disk(rng):
             assert not result.library.has_dynamic_globals, f"bitpack.{name} cannot be cached"
             checked.append(name)
     assert {"_binary_layer", "_binary_conv2d", "_pack_rows", "_direct_conv"} <= set(checked)
+
+
+#: Every prepared kernel on small (serial packing) and larger (parallel) inputs,
+#: run in new processes by the test below.
+_KERNELS_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from xnor_larq import bitpack
+
+    rng = np.random.default_rng(7)
+    weights = np.where(rng.normal(size=(3, 3, 64, 24)) < 0, -1.0, 1.0).astype("float32")
+    packed, tap_sums = bitpack.pack_weights(weights)
+    conv = bitpack.BinaryConv2D(packed, tap_sums, 64, (3, 3), padding="same", pad_value=1,
+                                input_scaling=True, pool_size=(2, 2))
+    stem = bitpack.FloatConv2D(rng.normal(size=(3, 3, 1, 16)), padding="same", activation="relu")
+    head = bitpack.FloatDense(rng.normal(size=(64, 10)), rng.normal(size=10))
+    outputs = []
+    for batch in (1, 4):  # 64 and 256 rows of 64 floats to pack
+        x = rng.normal(size=(batch, 8, 8, 64)).astype("float32")
+        outputs += [conv(x), bitpack.pack_channels(x, True)[1], stem(x[..., :1]),
+                    bitpack.max_pool2d(x, (2, 2), (2, 2), "valid"), head(x[:, 0, 0])]
+    np.savez(sys.argv[1], *outputs)
+    """
+)
+
+
+def test_compiled_kernels_run_when_loaded_from_the_disk_cache(tmp_path):
+    # A first process compiles the kernels, or loads them if this run's other
+    # tests already wrote them to numba's disk cache; a second one loads them
+    # for sure. Some call structures compile and run but crash when loaded
+    # from the cache (seen: a cached function calling a cached function that
+    # starts a parallel region): in-process tests never load.
+    results = []
+    for run_name in ("first", "second"):
+        path = tmp_path / f"{run_name}.npz"
+        run = subprocess.run(
+            [sys.executable, "-c", _KERNELS_SCRIPT, str(path)], capture_output=True, text=True
+        )
+        assert run.returncode == 0, f"{run_name} run: exit {run.returncode}: {run.stderr[-2000:]}"
+        results.append(np.load(path))
+    first, second = results
+    assert len(first.files) == 10 and first.files == second.files
+    for name in first.files:
+        np.testing.assert_array_equal(second[name], first[name])
 
 
 def test_current_threads_is_numbas_thread_count_of_the_calling_thread():

@@ -339,6 +339,12 @@ def _append_bits(patches, ow, current, filled, index, value, bits):
     return current, filled, index
 
 
+@numba.njit(inline="always", **_JIT)
+def _wide_fields(words):
+    # fields that get their row's popcounts from _row_popcounts
+    return words > simd.FIXED_WORDS
+
+
 @numba.njit(**_JIT)
 def _row_popcounts(patches, pixels, w_packed, counts):
     # The popcounts of a whole row of wide fields, in a loop of its own before
@@ -422,7 +428,7 @@ def _binary_conv_row(x_packed, channels, w_packed, pad_correction, kernel_h, ker
     if scale_mode == 2:
         _row_box_mean(scale_map, n, oh, kernel_h, kernel_w, stride_h, stride_w, dilation_h,
                       dilation_w, pad_top, pad_left, out_w, column_sums, input_scaling)  # fmt: skip
-    row_kernel = w_packed.shape[1] > simd.FIXED_WORDS  # see _row_popcounts
+    row_kernel = _wide_fields(w_packed.shape[1])
     if row_kernel:
         _row_popcounts(patches, out_w, w_packed, row_counts)
     # Padding correction of each output channel for the current pixel's set of
@@ -500,8 +506,9 @@ def _binary_conv2d(x_packed, channels, w_packed, pad_correction, kernel_h, kerne
         column_sums = np.empty(columns, np.float32)  # K's column sums, mode 2
         correction = np.zeros(blocks * 4, np.int32)
         no_correction = np.zeros(blocks * 4, np.int32)
+        # a pixel's counts (narrow fields), or the row's (wide ones: _row_popcounts)
         counts = np.empty(blocks * 4, np.int32)
-        row_counts = np.empty((out_w if words > simd.FIXED_WORDS else 0, blocks * 4), np.int32)
+        row_counts = np.empty((out_w if _wide_fields(words) else 0, blocks * 4), np.int32)
         conv_row = np.empty((out_w if pooled else 0, outputs), np.float32)
         while True:
             task = _next_task(next_task)
