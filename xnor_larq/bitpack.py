@@ -470,6 +470,31 @@ def _binary_conv_row(x_packed, channels, w_packed, pad_correction, kernel_h, ker
             target[ow, o] = dot * multiplier[o] * scale + offset[o]
 
 
+@numba.njit(inline="always", **_JIT)
+def _conv_row(x_packed, channels, w_packed, pad_correction, kernel_h, kernel_w, stride_h,
+              stride_w, dilation_h, dilation_w, pad_top, pad_left, out_w, multiplier, offset,
+              scale_map, scale_mode, n, oh, patches, padded, any_padded, input_scaling,
+              column_sums, correction, no_correction, counts, row_counts, target):  # fmt: skip
+    # _binary_conv_row, with a copy of its own for the commonest window (3×3,
+    # strides and dilation 1) in which these are constants: the compiler then
+    # unrolls the taps and folds the index arithmetic. In-process A/B (one
+    # thread, batch 64): small_cnn's three binary convs 1.26×, 1.17× and 1.11×
+    # faster, the 32×32×128 and 14×14×256 layers 1.04×; the first compile of
+    # this module takes about 20 s longer.
+    if (kernel_h == 3 and kernel_w == 3 and stride_h == 1 and stride_w == 1
+            and dilation_h == 1 and dilation_w == 1):  # fmt: skip
+        _binary_conv_row(x_packed, channels, w_packed, pad_correction, 3, 3, 1, 1, 1, 1,
+                         pad_top, pad_left, out_w, multiplier, offset, scale_map, scale_mode, n,
+                         oh, patches, padded, any_padded, input_scaling, column_sums,
+                         correction, no_correction, counts, row_counts, target)  # fmt: skip
+    else:
+        _binary_conv_row(x_packed, channels, w_packed, pad_correction, kernel_h, kernel_w,
+                         stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left, out_w,
+                         multiplier, offset, scale_map, scale_mode, n, oh, patches, padded,
+                         any_padded, input_scaling, column_sums, correction, no_correction,
+                         counts, row_counts, target)  # fmt: skip
+
+
 @numba.njit(parallel=True, **_JIT)
 def _binary_conv2d(x_packed, channels, w_packed, pad_correction, kernel_h, kernel_w, stride_h,
                    stride_w, dilation_h, dilation_w, pad_top, pad_left, out_h, out_w, multiplier,
@@ -516,22 +541,17 @@ def _binary_conv2d(x_packed, channels, w_packed, pad_correction, kernel_h, kerne
                 break
             n = task // rows
             row = task % rows
-            if not pooled:
-                _binary_conv_row(x_packed, channels, w_packed, pad_correction,
-                                 kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w,
-                                 pad_top, pad_left, out_w, multiplier, offset, scale_map,
-                                 scale_mode, n, row, patches, padded, any_padded, input_scaling,
-                                 column_sums, correction, no_correction, counts, row_counts,
-                                 out[n, row])  # fmt: skip
-                continue
             target = out[n, row]
-            for ph in range(pool_h):
-                _binary_conv_row(x_packed, channels, w_packed, pad_correction,
-                                 kernel_h, kernel_w, stride_h, stride_w, dilation_h, dilation_w,
-                                 pad_top, pad_left, out_w, multiplier, offset, scale_map,
-                                 scale_mode, n, row * pool_h + ph, patches, padded, any_padded,
-                                 input_scaling, column_sums, correction, no_correction,
-                                 counts, row_counts, conv_row)  # fmt: skip
+            conv_target = conv_row if pooled else target
+            # one call site: every copy of the inlined row function costs compile time
+            for ph in range(pool_h):  # pool_h is 1 without a pool
+                _conv_row(x_packed, channels, w_packed, pad_correction, kernel_h, kernel_w,
+                          stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left, out_w,
+                          multiplier, offset, scale_map, scale_mode, n, row * pool_h + ph,
+                          patches, padded, any_padded, input_scaling, column_sums, correction,
+                          no_correction, counts, row_counts, conv_target)  # fmt: skip
+                if not pooled:
+                    continue
                 for column in range(target.shape[0]):
                     pixel = target[column]
                     for pw in range(pool_w):
