@@ -98,14 +98,16 @@ def test_epilogue_applies_multiplier_scale_map_and_offset(rng):
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-5)
 
 
-def test_packing_layout_and_size(rng):
-    x = rng.normal(size=(3, 130)).astype("float32")
+# 130: any width; the others have copies of the packing loop of their own
+@pytest.mark.parametrize("channels", [130, 16, 32, 64, 128, 256, 512])
+def test_packing_layout_and_size(rng, channels):
+    x = rng.normal(size=(3, channels)).astype("float32")
     x[0, 5] = 0.0  # sign(0) = +1: a clear bit
     packed = bitpack.pack_channels(x)
-    assert packed.shape == (3, 3) and packed.dtype == np.uint64
-    bits = np.unpackbits(packed.view(np.uint8), axis=-1, bitorder="little")[:, :130]
+    assert packed.shape == (3, -(-channels // 64)) and packed.dtype == np.uint64
+    bits = np.unpackbits(packed.view(np.uint8), axis=-1, bitorder="little")[:, :channels]
     np.testing.assert_array_equal(bits, (x < 0).astype(np.uint8))
-    tail = np.unpackbits(packed.view(np.uint8), axis=-1, bitorder="little")[:, 130:]
+    tail = np.unpackbits(packed.view(np.uint8), axis=-1, bitorder="little")[:, channels:]
     assert not tail.any()  # the unused tail of the last word stays clear
     again, abs_mean = bitpack.pack_channels(x, with_abs_mean=True)
     np.testing.assert_array_equal(again, packed)
@@ -194,10 +196,11 @@ def test_float_conv_refuses_bad_kernels_padding_and_inputs(rng):
         conv(np.zeros((1, 5, 5, 3), np.float32))
 
 
-def test_packing_with_a_folded_batch_norm_packs_the_affine_values(rng):
-    x = rng.normal(size=(2, 5, 70)).astype("float32")
-    scale = rng.normal(size=70).astype("float32")
-    shift = rng.normal(size=70).astype("float32")
+@pytest.mark.parametrize("channels", [70, 16, 128])
+def test_packing_with_a_folded_batch_norm_packs_the_affine_values(rng, channels):
+    x = rng.normal(size=(2, 5, channels)).astype("float32")
+    scale = rng.normal(size=channels).astype("float32")
+    shift = rng.normal(size=channels).astype("float32")
     packed, abs_mean = bitpack.pack_channels(x, with_abs_mean=True, scale=scale, shift=shift)
     affine = x * scale + shift
     np.testing.assert_array_equal(packed, bitpack.pack_channels(affine))

@@ -102,7 +102,23 @@ def _pack_row(values, r, bits, scale, shift, packed, words, abs_means):
     # packed rows, both given flat, bit set where values[r, c] · scale[c] +
     # shift[c] < 0 (a folded BatchNorm, or 1 and 0); abs_means[r] = mean
     # |that| (for K) in the same pass (simd.pack_signs)
-    total = simd.pack_signs(values, r * bits, scale, shift, bits, packed, r * words)
+    # Common widths get a copy with the count a constant, in which the kernel's
+    # loops unroll: in-process A/B (batch 64, 2 threads) 2.7x faster at 16
+    # channels, 2.1x at 32, 1.4x at 64, 1.2-1.6x at 128 and 256.
+    if bits == 16:
+        total = simd.pack_signs(values, r * 16, scale, shift, 16, packed, r * words)
+    elif bits == 32:
+        total = simd.pack_signs(values, r * 32, scale, shift, 32, packed, r * words)
+    elif bits == 64:
+        total = simd.pack_signs(values, r * 64, scale, shift, 64, packed, r * words)
+    elif bits == 128:
+        total = simd.pack_signs(values, r * 128, scale, shift, 128, packed, r * words)
+    elif bits == 256:
+        total = simd.pack_signs(values, r * 256, scale, shift, 256, packed, r * words)
+    elif bits == 512:
+        total = simd.pack_signs(values, r * 512, scale, shift, 512, packed, r * words)
+    else:
+        total = simd.pack_signs(values, r * bits, scale, shift, bits, packed, r * words)
     # in float32: the same rounding as float64's quotient, no conversions
     abs_means[r] = total / np.float32(bits)
 
