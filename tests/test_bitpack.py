@@ -149,10 +149,11 @@ def test_valid_convolution_larger_than_input_is_refused(rng):
      ((5, 3), (2, 1), (1, 1), "valid"), ((3, 3), (1, 1), (2, 2), "same")],
 )  # fmt: skip
 @pytest.mark.parametrize("outputs", [6, 16, 24, 40])  # 1-4 vector registers, padded or not
-def test_float_conv_matches_tensorflow(rng, kernel, strides, dilation, padding, outputs):
+@pytest.mark.parametrize("channels", [3, 1])  # 1: 3×3 stride 1 has a copy of its own
+def test_float_conv_matches_tensorflow(rng, kernel, strides, dilation, padding, outputs, channels):
     # 19 wide: several groups of interior pixels summed together, and border pixels
-    x = rng.normal(size=(2, 11, 19, 3)).astype("float32")
-    weights = rng.normal(size=(*kernel, 3, outputs)).astype("float32")
+    x = rng.normal(size=(2, 11, 19, channels)).astype("float32")
+    weights = rng.normal(size=(*kernel, channels, outputs)).astype("float32")
     got = bitpack.float_conv2d(x, weights, strides=strides, dilation_rate=dilation, padding=padding)
     expected = tf.nn.conv2d(x, weights, strides, padding.upper(), dilations=dilation).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

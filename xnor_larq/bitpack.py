@@ -1081,9 +1081,18 @@ def _direct_conv(x, kernel, outputs, bias, relu, kernel_h, kernel_w, stride_h, s
             target, start = pixels, 0
             if direct:
                 target, start = out_flat, ((n * out_h + oh) * out_w + ow) * outputs
-            _accumulate_pixels(count, buffer[ow * stride_w * channels :], offsets, kernel_rows,
-                               taps, run, kernel, target, start, stride_w * channels,
-                               lanes)  # fmt: skip
+            source = buffer[ow * stride_w * channels :]
+            if taps == 3 and run == 3:
+                # a 3×3 kernel over one channel (grey images' stems), no padding
+                # row: a copy with the counts constant, whose loops unroll. In-
+                # process A/B (small_cnn's 28×28×1→16 stem): 1.2x at batch 64,
+                # 1.06-1.1x at batch 1. (The same for VGG's three channels,
+                # `run` 9, measured within noise: not kept.)
+                _accumulate_pixels(count, source, offsets, kernel_rows, 3, 3, kernel, target,
+                                   start, stride_w * channels, lanes)  # fmt: skip
+            else:
+                _accumulate_pixels(count, source, offsets, kernel_rows, taps, run, kernel,
+                                   target, start, stride_w * channels, lanes)  # fmt: skip
             if not direct:
                 for p in range(count):
                     for o in range(outputs):
