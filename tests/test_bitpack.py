@@ -100,11 +100,13 @@ def test_epilogue_applies_multiplier_scale_map_and_offset(rng):
 
 # 130: any width; the others have copies of the packing loop of their own
 @pytest.mark.parametrize("channels", [130, 16, 32, 64, 128, 256, 512])
-def test_packing_layout_and_size(rng, channels):
-    x = rng.normal(size=(3, channels)).astype("float32")
+@pytest.mark.parametrize("rows", [3, 600])  # packed on the calling thread, and in parallel
+def test_packing_layout_and_size(rng, channels, rows):
+    assert (rows * channels > bitpack.SERIAL_PACK_FLOATS) == (rows == 600)
+    x = rng.normal(size=(rows, channels)).astype("float32")
     x[0, 5] = 0.0  # sign(0) = +1: a clear bit
     packed = bitpack.pack_channels(x)
-    assert packed.shape == (3, -(-channels // 64)) and packed.dtype == np.uint64
+    assert packed.shape == (rows, -(-channels // 64)) and packed.dtype == np.uint64
     bits = np.unpackbits(packed.view(np.uint8), axis=-1, bitorder="little")[:, :channels]
     np.testing.assert_array_equal(bits, (x < 0).astype(np.uint8))
     tail = np.unpackbits(packed.view(np.uint8), axis=-1, bitorder="little")[:, channels:]

@@ -148,7 +148,9 @@ def _pack(rows, scale=None, shift=None):
     count, bits = rows.shape
     abs_means = np.empty(count, np.float32)
     packed = np.empty((count, words_for(bits)), np.uint64)
-    _pack_rows(
+    # small inputs on the calling thread, as in _binary_layer
+    pack_rows = _pack_rows_serial if rows.size <= SERIAL_PACK_FLOATS else _pack_rows
+    pack_rows(
         rows.reshape(-1),
         bits,
         np.ones(bits, np.float32) if scale is None else np.ascontiguousarray(scale, np.float32),
