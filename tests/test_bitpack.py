@@ -98,8 +98,9 @@ def test_epilogue_applies_multiplier_scale_map_and_offset(rng):
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-5)
 
 
-# 130: any width; the others have copies of the packing loop of their own
-@pytest.mark.parametrize("channels", [130, 16, 32, 64, 128, 256, 512])
+# 130 and 100: any width (whole and partial chunks of 8); the others have
+# copies of the packing loop of their own
+@pytest.mark.parametrize("channels", [130, 100, 16, 32, 64, 128, 256, 512])
 @pytest.mark.parametrize("rows", [3, 600])  # packed on the calling thread, and in parallel
 def test_packing_layout_and_size(rng, channels, rows):
     assert (rows * channels > bitpack.SERIAL_PACK_FLOATS) == (rows == 600)

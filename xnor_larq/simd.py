@@ -452,28 +452,39 @@ def pack_signs(typingctx, values, start, scale, shift, channels, packed, packed_
             address = b.bitcast(b.gep(pointer, [index]), _FLOATS.as_pointer())
             return b.load(address, align=4)
 
+        def pack_chunk(index, base):
+            # channels base + 8·index … + 7 of the word: their bits and |a|
+            channel = b.add(base, b.mul(_i64(index), _i64(8)))
+            value = load_vector(value_data, b.add(start_, channel))
+            affine = b.fadd(
+                b.fmul(value, load_vector(scale_data, channel), flags=flags),
+                load_vector(shift_data, channel),
+                flags=flags,
+            )
+            b.store(
+                b.fadd(b.load(vector_sum), b.call(fabs_vector, [affine]), flags=flags),
+                vector_sum,
+            )
+            negative = b.fcmp_ordered("<", affine, ir.Constant(_FLOATS, None))
+            mask = b.zext(b.bitcast(negative, ir.IntType(8)), _I64)
+            shifted = b.shl(mask, b.mul(_i64(index), _i64(8)))
+            b.store(b.or_(b.load(word), shifted), word)
+
         words = b.lshr(b.add(channels_, _i64(63)), _i64(6))
         with cgutils.for_range(b, words) as w:
             base = b.mul(w.index, _i64(64))
             remaining = b.sub(channels_, base)
             bits = b.select(b.icmp_signed("<", remaining, _i64(64)), remaining, _i64(64))
             b.store(_i64(0), word)
-            with cgutils.for_range(b, b.lshr(bits, _i64(3))) as chunk:
-                channel = b.add(base, b.mul(chunk.index, _i64(8)))
-                value = load_vector(value_data, b.add(start_, channel))
-                affine = b.fadd(
-                    b.fmul(value, load_vector(scale_data, channel), flags=flags),
-                    load_vector(shift_data, channel),
-                    flags=flags,
-                )
-                b.store(
-                    b.fadd(b.load(vector_sum), b.call(fabs_vector, [affine]), flags=flags),
-                    vector_sum,
-                )
-                negative = b.fcmp_ordered("<", affine, ir.Constant(_FLOATS, None))
-                mask = b.zext(b.bitcast(negative, ir.IntType(8)), _I64)
-                shifted = b.shl(mask, b.mul(chunk.index, _i64(8)))
-                b.store(b.or_(b.load(word), shifted), word)
+            chunks = b.lshr(bits, _i64(3))
+            # a word's (at most 8) chunks unrolled, each behind a test: as a loop
+            # with a runtime count they did not unroll. In-process A/B (batch
+            # 64, 2 threads): 1.16-1.4x at 48, 96 and 100 channels; the widths
+            # bitpack gives a constant count fold the tests away (unchanged).
+            for index in range(8):
+                guard = b.icmp_unsigned("<", _i64(index), chunks)
+                with b.if_then(guard, likely=True):
+                    pack_chunk(index, base)
             tail_start = b.and_(bits, _i64(~7))
             with cgutils.for_range_slice(b, tail_start, bits, _i64(1), inc=True) as (bit, _):
                 channel = b.add(base, bit)
