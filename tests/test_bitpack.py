@@ -310,6 +310,39 @@ def test_kernels_write_to_a_given_output_array(rng):
     np.testing.assert_array_equal(out, layer(x))
 
 
+def test_compiled_calls_compute_what_the_prepared_kernels_do(rng):
+    # function(x, *arguments, out): the call without its per-call checks
+    def direct(compiled_call, x):
+        function, arguments, output_shape = compiled_call
+        out = np.full(output_shape, np.nan, np.float32)
+        function(x, *arguments, out)
+        return out
+
+    x = rng.normal(size=(2, 7, 6, 5)).astype("float32")
+    packed, tap_sums = bitpack.pack_weights(signs(rng, (3, 3, 5, 6)))
+    for pool_size in ((1, 1), (2, 2)):
+        layer = bitpack.BinaryConv2D(packed, tap_sums, 5, (3, 3), padding="same",
+                                     input_scaling=True, pool_size=pool_size)  # fmt: skip
+        for threads in (1, bitpack.current_threads()):
+            got = direct(layer.compiled_call(x.shape, threads), x)
+            np.testing.assert_array_equal(got, layer(x))
+    image = x[..., :3].copy()  # 27 multiply-adds an output: the direct loop
+    conv = bitpack.FloatConv2D(rng.normal(size=(3, 3, 3, 4)), padding="same")
+    np.testing.assert_array_equal(direct(conv.compiled_call(image.shape), image), conv(image))
+    assert bitpack.FloatConv2D(rng.normal(size=(3, 3, 8, 4))).compiled_call((1, 5, 5, 8)) is None
+    flat = x.reshape(2, -1)
+    dense = bitpack.FloatDense(rng.normal(size=(flat.shape[1], 3)))
+    np.testing.assert_array_equal(direct(dense.compiled_call(flat.shape), flat), dense(flat))
+    with pytest.raises(ValueError, match=r"\(batch, 210\) for this FloatDense. Received: shape"):
+        dense.compiled_call((2, 7))
+    logits = flat[:, :10].copy()
+    np.testing.assert_array_equal(
+        direct(bitpack.softmax_call(logits.shape), logits), bitpack.softmax(logits)
+    )
+    with pytest.raises(ValueError, match=r"2-D \(batch, classes\)"):
+        bitpack.softmax_call((2, 3, 4))
+
+
 @pytest.mark.parametrize(
     "out,received",
     [(np.empty((2, 3, 3, 4), np.float32), r"\(2, 3, 3, 4\) float32"),

@@ -352,19 +352,67 @@ def pooled_arrays(compiled):
     return [array for arrays in compiled._buffers.free.values() for array in arrays]
 
 
+def planned_arrays(compiled):
+    """The output arrays the calling thread's plans reuse."""
+    plans = compiled._plans.by_key.values()
+    return [entry.out for plan in plans for entry in plan if entry.out is not None]
+
+
 def test_repeated_predictions_reuse_arrays_but_never_returned_ones(rng, pool_everything):
     model = build("small_cnn", "xnor")
     compiled = inference.compile(model)
-    x1, x2 = (rng.uniform(-1, 1, size=(4, 28, 28, 1)).astype("float32") for _ in range(2))
-    first = compiled.predict(x1)
+    x1, x2, x3 = (rng.uniform(-1, 1, size=(4, 28, 28, 1)).astype("float32") for _ in range(3))
+    first = compiled.predict(x1)  # the steps, from the pool; plans the next calls
     kept = first.copy()
-    reused = {id(array) for array in pooled_arrays(compiled)}
-    assert len(reused) >= 5  # float conv, 3 binary convs (pools fused in), binary dense
-    second = compiled.predict(x2)
-    assert {id(array) for array in pooled_arrays(compiled)} == reused  # the same arrays again
-    np.testing.assert_array_equal(first, kept)  # the first result was not overwritten
+    assert len(pooled_arrays(compiled)) >= 5  # float conv, 3 binary convs, binary dense
+    second = compiled.predict(x2)  # the planned calls, with their own arrays
+    planned = {id(array) for array in planned_arrays(compiled)}
+    assert len(planned) == 6  # and the float dense; not the softmax, the output
+    kept_second = second.copy()
+    third = compiled.predict(x3)
+    assert {id(array) for array in planned_arrays(compiled)} == planned  # the same arrays again
+    np.testing.assert_array_equal(first, kept)  # earlier results were not overwritten
+    np.testing.assert_array_equal(second, kept_second)
+    assert not any(np.may_share_memory(third, array) for array in planned_arrays(compiled))
     assert_close(second, model.predict(x2, verbose=0))
+    assert_close(third, model.predict(x3, verbose=0))
     np.testing.assert_array_equal(compiled.predict(x1), kept)
+
+
+@pytest.mark.parametrize("mode", ["xnor", "bnn"])
+@pytest.mark.parametrize("name", list(models.BUILDERS))
+def test_planned_calls_give_the_steps_results(rng, name, mode):
+    # The first call with a shape runs each step's own function, later ones the plan.
+    compiled = inference.compile(build(name, mode))
+    x = rng.uniform(-1, 1, size=(2, *SMALL_INPUTS[name])).astype("float32")
+    by_steps = compiled.predict(x)
+    assert compiled._plans.by_key, "nothing was planned"
+    planned = compiled.predict(x)
+    np.testing.assert_array_equal(planned, by_steps)
+    strided = np.repeat(x, 2, axis=-1)[..., ::2]  # the same values, not C-contiguous
+    np.testing.assert_array_equal(compiled.predict(strided), planned)
+
+
+def test_an_output_seen_through_a_view_is_never_reused(rng):
+    # The binary conv's array reaches the output through Flatten (a view of it).
+    inputs = tf.keras.Input((6, 6, 16))
+    x = ScaledQuantConv2D(8, 3, padding="same")(inputs)
+    x = tf.keras.layers.BatchNormalization()(x)
+    model = with_trained_like_batch_norm(tf.keras.Model(inputs, tf.keras.layers.Flatten()(x)))
+    compiled = inference.compile(model)
+    xs = [rng.uniform(-1, 1, size=(2, 6, 6, 16)).astype("float32") for _ in range(3)]
+    results = [compiled.predict(x) for x in xs]
+    for x, got in zip(xs, results):
+        assert_close(got, model(x).numpy())
+    assert not planned_arrays(compiled)  # the conv's only array is the output's
+
+
+def test_plans_are_kept_for_a_few_input_shapes(rng, monkeypatch):
+    monkeypatch.setattr(inference._Plans, "LIMIT", 2)
+    compiled = inference.compile(build("small_cnn", "bnn"))
+    for batch in (1, 2, 3, 1):
+        compiled.predict(np.zeros((batch, 28, 28, 1), np.float32))
+    assert [key[0] for key in compiled._plans.by_key] == [(((3, 28, 28, 1),)), ((1, 28, 28, 1),)]
 
 
 def test_an_output_written_by_a_pooled_step_is_handed_over(rng, pool_everything):

@@ -48,6 +48,7 @@ __all__ = [
     "pack_channels",
     "pack_weights",
     "softmax",
+    "softmax_call",
     "words_for",
 ]
 
@@ -876,6 +877,17 @@ class BinaryConv2D(_PreparedConv):
         _binary_layer(x, *self._weights, *window, *self._epilogue, current_threads(), out)
         return out
 
+    def compiled_call(self, input_shape, threads):
+        """``(function, arguments, output_shape)`` such that ``function(x,
+        *arguments, out)`` is ``self(x, out)`` on ``threads`` numba threads, for a
+        C-contiguous float32 ``x`` of ``input_shape`` and ``out`` of
+        ``output_shape``, without the checks of every call. For callers that
+        check their arrays once and call many times (at batch 1 the checks are
+        a visible part of a layer's time); wrong arrays would be read and
+        written past their ends."""
+        window, out_shape = self._geometry(tuple(input_shape))
+        return _binary_layer, (*self._weights, *window, *self._epilogue, threads), out_shape
+
 
 @numba.njit(parallel=True, **_JIT)
 def _box_mean(
@@ -1195,6 +1207,15 @@ class FloatConv2D(_PreparedConv):
             _bias_relu(out.reshape(-1, out.shape[2], self.outputs), self.bias, self.relu)
         return out
 
+    def compiled_call(self, input_shape):
+        """As :meth:`BinaryConv2D.compiled_call` (on numba's thread count of the
+        calling thread), for the direct loop; None where the convolution runs as
+        im2col and BLAS."""
+        if not self.direct:
+            return None
+        window, out_shape = self._geometry(tuple(input_shape))
+        return _direct_conv, (self.kernel, self.outputs, self.bias, self.relu, *window), out_shape
+
 
 def float_conv2d(x, kernel, *, strides=(1, 1), dilation_rate=(1, 1), padding="valid"):
     """One float convolution (:class:`FloatConv2D`; build that once for repeated calls)."""
@@ -1225,6 +1246,13 @@ def softmax(x):
     if x.ndim != 2:
         raise ValueError(f"`x` must be 2-D (batch, classes). Received: shape {x.shape}")
     return _softmax_rows(x, np.empty_like(x))
+
+
+def softmax_call(input_shape):
+    """As :meth:`BinaryConv2D.compiled_call`, for :func:`softmax` of a 2-D input."""
+    if len(input_shape) != 2:
+        raise ValueError(f"the input must be 2-D (batch, classes). Received: shape {input_shape}")
+    return _softmax_rows, (), tuple(input_shape)
 
 
 @numba.njit(**_JIT)
@@ -1281,6 +1309,15 @@ class FloatDense:
         return _float_dense(
             x, self.kernel_t, self.bias, output_array(out, (x.shape[0], self.outputs))
         )
+
+    def compiled_call(self, input_shape):
+        """As :meth:`BinaryConv2D.compiled_call`, for ``(batch, inputs)`` inputs."""
+        if len(input_shape) != 2 or input_shape[1] != self.inputs:
+            raise ValueError(
+                f"the input must be (batch, {self.inputs}) for this FloatDense. "
+                f"Received: shape {tuple(input_shape)}"
+            )
+        return _float_dense, (self.kernel_t, self.bias), (input_shape[0], self.outputs)
 
 
 def float_dense(x, kernel, bias=None, out=None):
