@@ -614,6 +614,7 @@ class _PlannedStep:
     call: _CompiledCall | None = None
     arrives_as: tuple = ()  # the input's shape as the step before leaves it
     checked: bool = False  # the input is a planned step's array: C-contiguous float32
+    reshape: bool = False  # the input arrives in another shape than the call's
     out: np.ndarray | None = None  # reused each call; None: a new array (it may be returned)
     value: np.ndarray | None = None  # out seen as call.value_shape
 
@@ -652,6 +653,7 @@ def _plan(steps, input_ids, output_ids, arriving_shapes, threads):
         if compiled_call is not None and len(step.inputs) == 1:
             call = compiled_call(shape, threads)
         entry = _PlannedStep(step.name, step.inputs, step.output, step.run, call, shape)
+        entry.reshape = call is not None and call.input_shape != shape
         if call is None:
             may_hold[step.output] = set().union(*(may_hold[i] for i in step.inputs))
         else:
@@ -798,21 +800,23 @@ class CompiledModel:
                 values[entry.output] = entry.run(*(values[i] for i in entry.inputs))
                 continue
             x = values[entry.inputs[0]]
+            # a planned step's array has its planned shape; other inputs are checked
             if not entry.checked:
                 x = np.ascontiguousarray(x, np.float32)
-            if x.shape != entry.arrives_as:  # the compiled loops do not bounds-check
-                raise RuntimeError(
-                    f"step '{entry.name}' got an input of shape {x.shape}, planned for "
-                    f"{entry.arrives_as}; please report this"
-                )
-            if x.shape != call.input_shape:
+                if x.shape != entry.arrives_as:  # the compiled loops do not bounds-check
+                    raise RuntimeError(
+                        f"step '{entry.name}' got an input of shape {x.shape}, planned for "
+                        f"{entry.arrives_as}; please report this"
+                    )
+            if entry.reshape:
                 x = x.reshape(call.input_shape)
-            if entry.out is None:  # a new array: it is (or may be seen in) an output
+            out = entry.out
+            if out is None:  # a new array: it is (or may be seen in) an output
                 out = np.empty(call.output_shape, np.float32)
                 call.function(x, *call.arguments, out)
                 values[entry.output] = out.reshape(call.value_shape)
             else:
-                call.function(x, *call.arguments, entry.out)
+                call.function(x, *call.arguments, out)
                 values[entry.output] = entry.value
         return [values[i] for i in self._output_ids]
 
