@@ -737,7 +737,12 @@ class CompiledModel:
         return sum(layer.float32_bytes for layer in self.binary_layers)
 
     def predict(self, x, batch_size: int | None = None):
-        """Outputs for a batch (a numpy array, or a list for multi-input models)."""
+        """Outputs for a batch (a numpy array, or a list for multi-input models).
+
+        The first call with an input shape runs every step and plans later
+        calls with that shape, which then go straight to the compiled kernels
+        (per thread, for the last few shapes).
+        """
         inputs = [np.asarray(v, np.float32) for v in (x if isinstance(x, list) else [x])]
         if len(inputs) != len(self._input_ids):
             raise ValueError(
