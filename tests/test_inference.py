@@ -413,6 +413,16 @@ def test_plans_are_kept_for_a_few_input_shapes(rng, monkeypatch):
     for batch in (1, 2, 3, 1):
         compiled.predict(np.zeros((batch, 28, 28, 1), np.float32))
     assert [key[0] for key in compiled._plans.by_key] == [(((3, 28, 28, 1),)), ((1, 28, 28, 1),)]
+    # and only as many as fit in MAX_BYTES besides the newest one
+    one_image = sum(array.nbytes for array in planned_arrays(compiled)) // 4  # batches 3 and 1
+    monkeypatch.setattr(inference._Plans, "LIMIT", 10)
+    monkeypatch.setattr(inference._Plans, "MAX_BYTES", 5 * one_image)
+    compiled.predict(np.zeros((2, 28, 28, 1), np.float32))  # 3 + 1 + 2 images: the 3 go
+    assert [key[0] for key in compiled._plans.by_key] == [((1, 28, 28, 1),), ((2, 28, 28, 1),)]
+    compiled.predict(np.zeros((4, 28, 28, 1), np.float32))  # 1 + 2 + 4, 2 + 4: both go
+    assert [key[0] for key in compiled._plans.by_key] == [((4, 28, 28, 1),)]
+    compiled.predict(np.zeros((6, 28, 28, 1), np.float32))  # the newest is always kept
+    assert [key[0] for key in compiled._plans.by_key] == [((6, 28, 28, 1),)]
 
 
 def test_an_output_written_by_a_pooled_step_is_handed_over(rng, pool_everything):

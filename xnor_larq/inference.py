@@ -625,8 +625,11 @@ class _Plans(threading.local):
     thread count: the steps as :class:`_CompiledCall` where they have one,
     with their output arrays, so that concurrent calls never share one."""
 
-    #: Plans kept per thread (each holds its steps' arrays); the oldest goes first.
+    #: Plans kept per thread; the oldest goes first.
     LIMIT = 4
+    #: Bytes of arrays the older plans of a thread may hold besides the newest
+    #: one (large batches make large arrays).
+    MAX_BYTES = 256 << 20
 
     def __init__(self):
         self.by_key = {}
@@ -635,7 +638,13 @@ class _Plans(threading.local):
         return self.by_key.get(key)
 
     def add(self, key, plan):
-        while len(self.by_key) >= self.LIMIT:
+        def size(plan):
+            return sum(entry.out.nbytes for entry in plan if entry.out is not None)
+
+        while self.by_key and (
+            len(self.by_key) >= self.LIMIT
+            or sum(map(size, self.by_key.values())) + size(plan) > self.MAX_BYTES
+        ):
             del self.by_key[next(iter(self.by_key))]
         self.by_key[key] = plan
 
