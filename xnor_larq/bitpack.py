@@ -886,6 +886,11 @@ class BinaryConv2D(_PreparedConv):
         a visible part of a layer's time); wrong arrays would be read and
         written past their ends."""
         window, out_shape = self._geometry(tuple(input_shape))
+        # Starts numba's threads: a parallel kernel loaded from the disk cache
+        # and called only from other compiled code (as _binary_layer calls the
+        # convolution), before any parallel kernel was called from Python,
+        # crashes the process.
+        current_threads()
         return _binary_layer, (*self._weights, *window, *self._epilogue, threads), out_shape
 
 
