@@ -175,13 +175,15 @@ class _CompiledCall:
     value_shape: tuple
 
     @classmethod
-    def of(cls, prepared, input_shape, *extra):
-        """From a bitpack kernel's ``compiled_call`` (None stays None)."""
-        call = prepared.compiled_call(tuple(input_shape), *extra)
+    def of(cls, call, input_shape, value_shape=None):
+        """From a bitpack ``compiled_call``'s ``(function, arguments,
+        output_shape)`` (None stays None); ``value_shape`` defaults to the
+        output's."""
         if call is None:
             return None
         function, arguments, output_shape = call
-        return cls(function, arguments, tuple(input_shape), output_shape, output_shape)
+        value_shape = output_shape if value_shape is None else value_shape
+        return cls(function, arguments, tuple(input_shape), output_shape, value_shape)
 
 
 @dataclass
@@ -257,9 +259,9 @@ class BinaryLayer:
         if self.activation is not None or (self.kind == "dense" and len(input_shape) != 2):
             return None
         shape = (input_shape[0], 1, 1, input_shape[1]) if self.kind == "dense" else input_shape
-        function, arguments, output_shape = self._built_kernel().compiled_call(shape, threads)
-        value_shape = (output_shape[0], output_shape[3]) if self.kind == "dense" else output_shape
-        return _CompiledCall(function, arguments, tuple(shape), output_shape, value_shape)
+        call = self._built_kernel().compiled_call(tuple(shape), threads)
+        value_shape = (input_shape[0], self.tap_sums.shape[0]) if self.kind == "dense" else None
+        return _CompiledCall.of(call, shape, value_shape)
 
 
 def _unsupported(layer, why):
@@ -484,7 +486,7 @@ def _dense_op(layer):
         linear = activation is _NUMPY_ACTIVATIONS["linear"]
         if float_dense is None or len(input_shape) != 2 or not linear:
             return None
-        return _CompiledCall.of(float_dense, input_shape)
+        return _CompiledCall.of(float_dense.compiled_call(tuple(input_shape)), input_shape)
 
     run.compiled_call = compiled_call
     return run
@@ -545,7 +547,7 @@ def _conv_op(layer, buffers, batch_norm=None, relu=False):
     def compiled_call(input_shape, threads):
         if activation is not _NUMPY_ACTIVATIONS["linear"]:
             return None
-        return _CompiledCall.of(conv, input_shape)
+        return _CompiledCall.of(conv.compiled_call(tuple(input_shape)), input_shape)
 
     run.compiled_call = compiled_call
     return run
@@ -561,8 +563,7 @@ def _softmax(x):
 def _softmax_call(input_shape, threads):
     if len(input_shape) != 2:
         return None
-    function, arguments, output_shape = _bitpack().softmax_call(tuple(input_shape))
-    return _CompiledCall(function, arguments, tuple(input_shape), output_shape, output_shape)
+    return _CompiledCall.of(_bitpack().softmax_call(tuple(input_shape)), input_shape)
 
 
 _softmax.compiled_call = _softmax_call
@@ -662,8 +663,9 @@ def _plan(steps, input_ids, output_ids, arriving_shapes, threads):
         call = None
         if compiled_call is not None and len(step.inputs) == 1:
             call = compiled_call(shape, threads)
-        entry = _PlannedStep(step.name, step.inputs, step.output, step.run, call, shape)
-        entry.reshape = call is not None and call.input_shape != shape
+        reshape = call is not None and call.input_shape != shape
+        entry = _PlannedStep(step.name, step.inputs, step.output, step.run, call, shape,
+                             reshape=reshape)  # fmt: skip
         if call is None:
             may_hold[step.output] = set().union(*(may_hold[i] for i in step.inputs))
         else:
