@@ -407,12 +407,12 @@ def test_an_output_seen_through_a_view_is_never_reused(rng):
     assert not planned_arrays(compiled)  # the conv's only array is the output's
 
 
-def test_plans_are_kept_for_a_few_input_shapes(rng, monkeypatch):
+def test_plans_are_kept_for_a_few_input_shapes(monkeypatch):
     monkeypatch.setattr(inference._Plans, "LIMIT", 2)
     compiled = inference.compile(build("small_cnn", "bnn"))
     for batch in (1, 2, 3, 1):
         compiled.predict(np.zeros((batch, 28, 28, 1), np.float32))
-    assert [key[0] for key in compiled._plans.by_key] == [(((3, 28, 28, 1),)), ((1, 28, 28, 1),)]
+    assert [key[0] for key in compiled._plans.by_key] == [((3, 28, 28, 1),), ((1, 28, 28, 1),)]
     # and only as many as fit in MAX_BYTES besides the newest one
     one_image = sum(array.nbytes for array in planned_arrays(compiled)) // 4  # batches 3 and 1
     monkeypatch.setattr(inference._Plans, "LIMIT", 10)
