@@ -16,7 +16,7 @@ import larq as lq
 import tensorflow as tf
 from larq import utils as lq_utils
 
-__all__ = ["ScaledQuantConv2D", "ScaledQuantDense", "input_scaling_map"]
+__all__ = ["InputNormalization", "ScaledQuantConv2D", "ScaledQuantDense", "input_scaling_map"]
 
 # The layers default to the XNOR-Net setting: binary inputs, scaled binary weights.
 _XNOR_DEFAULTS = {
@@ -207,3 +207,40 @@ class ScaledQuantDense(_InputScaled, lq.layers.QuantDense):
 
     def get_config(self):
         return {**super().get_config(), **self._scaling_config()}
+
+
+@lq_utils.register_keras_custom_object
+class InputNormalization(tf.keras.layers.Layer):
+    """``(x − mean) / std`` per channel, for uint8 images fed to the model as they are.
+
+    Feeding uint8 moves a quarter of the bytes of float32 from the input
+    pipeline to the accelerator; this layer, the model's first, normalizes on
+    the device, in the layer's compute dtype (bfloat16/float16 under mixed
+    precision).
+
+    Arguments:
+        mean, std: one value per channel (or one for all); ``std`` must be > 0.
+    """
+
+    def __init__(self, mean, std, **kwargs):
+        super().__init__(**kwargs)
+        mean = [float(v) for v in tf.nest.flatten(list(mean) if hasattr(mean, "__len__") else [mean])]
+        std = [float(v) for v in tf.nest.flatten(list(std) if hasattr(std, "__len__") else [std])]
+        if not all(s > 0 for s in std):
+            raise ValueError(f"`std` must be positive. Received: std={std!r}")
+        if len(mean) != len(std):
+            raise ValueError(
+                f"`mean` and `std` need the same length. Received: {len(mean)} and {len(std)}"
+            )
+        self.mean, self.std = mean, std
+
+    def call(self, inputs):
+        mean = tf.constant(self.mean, self.compute_dtype)
+        scale = tf.constant([1.0 / s for s in self.std], self.compute_dtype)
+        return (tf.cast(inputs, self.compute_dtype) - mean) * scale
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "std": self.std}

@@ -36,7 +36,8 @@ class ShiftBatchNormalization(tf.keras.layers.Layer):
         beta_constraint, gamma_constraint: as in Keras.
 
     Gradients pass straight through every AP2 (see :func:`xnor_larq.ap2`).
-    Under a multi-replica strategy each replica normalizes with its own batch.
+    Under a strategy with several replicas in sync the batch statistics are
+    all-reduced: each replica normalizes with those of the global batch.
     """
 
     def __init__(
@@ -135,11 +136,11 @@ class ShiftBatchNormalization(tf.keras.layers.Layer):
         if training is None:
             training = tf.keras.backend.learning_phase()
         inputs = tf.convert_to_tensor(inputs)
+        # Statistics in float32 (as Keras's BatchNormalization under mixed precision).
+        x = tf.cast(inputs, tf.float32)
 
         def batch_statistics():
-            mean = tf.reduce_mean(inputs, axis=self._reduction_axes)
-            centered = inputs - self._broadcast(mean)
-            variance = tf.reduce_mean(centered * ap2(centered), axis=self._reduction_axes)
+            mean, centered, variance = self._synchronized_statistics(x)
             for moving, value in ((self.moving_mean, mean), (self.moving_variance, variance)):
                 moving.assign(
                     moving * self.momentum + tf.stop_gradient(value) * (1 - self.momentum)
@@ -147,18 +148,40 @@ class ShiftBatchNormalization(tf.keras.layers.Layer):
             return centered, variance
 
         def moving_statistics():
-            centered = inputs - self._broadcast(tf.cast(self.moving_mean, inputs.dtype))
-            return centered, tf.cast(self.moving_variance, inputs.dtype)
+            centered = x - self._broadcast(self.moving_mean)
+            return centered, tf.convert_to_tensor(self.moving_variance)
 
         centered, variance = tf.__internal__.smart_cond.smart_cond(
             training, batch_statistics, moving_statistics
         )
         outputs = centered * self._broadcast(ap2(tf.math.rsqrt(variance + self.epsilon)))
         if self.scale:
-            outputs = outputs * self._broadcast(ap2(self.gamma))
+            outputs = outputs * self._broadcast(ap2(tf.cast(self.gamma, tf.float32)))
         if self.center:
-            outputs = outputs + self._broadcast(self.beta)
-        return outputs
+            outputs = outputs + self._broadcast(tf.cast(self.beta, tf.float32))
+        return tf.cast(outputs, inputs.dtype)
+
+    def _synchronized_statistics(self, x):
+        """Mean, centered input and shift-based variance over the global batch.
+
+        Under a strategy with several replicas in sync, the sums (and counts)
+        are all-reduced, so every replica normalizes with the statistics one
+        device would compute on the whole batch (as Keras's synchronized
+        BatchNormalization does); the moving statistics then agree on every
+        replica, and the saved model is the one that was evaluated.
+        """
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync if context is not None else 1
+        count = tf.cast(tf.size(x), tf.float32) / tf.cast(tf.shape(x)[self._axis], tf.float32)
+        total = tf.reduce_sum(x, axis=self._reduction_axes)
+        if replicas > 1:
+            total, count = context.all_reduce(tf.distribute.ReduceOp.SUM, [total, count])
+        mean = total / count
+        centered = x - self._broadcast(mean)
+        spread = tf.reduce_sum(centered * ap2(centered), axis=self._reduction_axes)
+        if replicas > 1:
+            spread = context.all_reduce(tf.distribute.ReduceOp.SUM, spread)
+        return mean, centered, spread / count
 
     def compute_output_shape(self, input_shape):
         return input_shape

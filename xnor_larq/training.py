@@ -3,13 +3,20 @@
 Everything a run writes goes to its output folder:
 
 - ``config.json``: the settings (a rerun with other settings is refused);
-- ``checkpoints/``: model and optimizer after every finished epoch;
+- ``plan.json``: steps per epoch, total steps and the schedule they fix;
+- ``checkpoints/``: model, optimizer and the global step after every finished
+  epoch and, with ``save_every_steps``, every that many steps (the last two kept);
 - ``history.csv``: one row per finished epoch, exactly once across resumes;
 - ``tensorboard/``: TensorBoard logs;
 - ``model.keras``: the trained model; ``report.json``: the final report.
 
 A run killed at any moment and started again with the same command resumes
-from its last finished epoch and ends with the same number of epochs.
+from its last checkpoint, mid-epoch included, at the very batch it would have
+read next, and ends at the planned step count: ``epochs × steps_per_epoch``.
+The learning-rate schedule is planned from the real number of steps (the
+dataset's size, ``train_subset`` and the batch), so its final value falls on
+the last step. A resume with another ``epochs`` is refused for a decaying
+schedule (it would bend the plan), allowed for ``constant``.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import csv
 import inspect
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,10 +35,19 @@ import tensorflow as tf
 
 from . import data as data_lib
 from .models import BUILDERS, get_builder
+from .recipes import SCHEDULES, PlannedSchedule, SparseCrossEntropy
 
 STRATEGIES = ("mirrored", "multi-worker", "one-device")
 OPTIMIZERS = ("adam", "sgd", "bop", "shift_adamax", "adamax")
-SCHEDULES = ("cosine", "step", "constant")
+#: ``--precision`` names and the Keras mixed-precision policy of each.
+PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+#: Optimizers on Keras's legacy base (Larq's Bop, our ShiftAdaMax): no decoupled
+#: weight decay or global clipping there.
+LEGACY_OPTIMIZERS = ("bop", "shift_adamax")
+LR_NOTE = (
+    "--lr is the learning rate of the global batch (all replicas together); it is "
+    "not rescaled with the batch size. For the linear scaling rule pass lr * batch / 256."
+)
 
 
 @dataclass
@@ -60,9 +77,31 @@ class TrainConfig:
     output_dir: str = "runs/default"
     weights: str | None = None
     devices: list = field(default_factory=list)
+    train_size: int | None = None
+    save_every_steps: int = 0
+    precision: str = "float32"
+    jit_compile: bool = False
+    warmup_epochs: float = 0.0
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    clip_norm: float | None = None
+    validation_freq: int = 1
+    steps_per_execution: int = 1
+    bop_gamma: float = 1e-4
+    bop_threshold: float = 1e-8
 
-    # settings that may change between a run and its resumption
-    RESUMABLE_CHANGES = ("epochs", "data_dir", "output_dir", "devices")
+    # settings that may change between a run and its resumption (epochs: see
+    # _check_resumable)
+    RESUMABLE_CHANGES = (
+        "epochs",
+        "data_dir",
+        "output_dir",
+        "devices",
+        "save_every_steps",
+        "validation_freq",
+        "steps_per_execution",
+        "jit_compile",
+    )
 
     def validate(self):
         def check(ok, message):
@@ -75,7 +114,69 @@ class TrainConfig:
                 isinstance(value, int) and value >= 1,
                 f"--{name.replace('_', '-')} must be a positive integer. Received: {value!r}",
             )
-        check(self.lr > 0, f"--lr must be positive. Received: {self.lr!r}")
+        check(
+            isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0,
+            f"--lr must be a finite positive number. Received: {self.lr!r}",
+        )
+        for name in ("save_every_steps",):
+            value = getattr(self, name)
+            check(
+                isinstance(value, int) and value >= 0,
+                f"--{name.replace('_', '-')} must be 0 (off) or a positive integer. "
+                f"Received: {value!r}",
+            )
+        for name in ("validation_freq", "steps_per_execution"):
+            value = getattr(self, name)
+            check(
+                isinstance(value, int) and value >= 1,
+                f"--{name.replace('_', '-')} must be a positive integer. Received: {value!r}",
+            )
+        check(
+            self.train_size is None or (isinstance(self.train_size, int) and self.train_size > 0),
+            f"--train-size must be a positive integer. Received: {self.train_size!r}",
+        )
+        check(
+            self.precision in PRECISIONS,
+            f"--precision must be one of {tuple(PRECISIONS)}. Received: {self.precision!r}",
+        )
+        check(
+            0 <= self.warmup_epochs < self.epochs if isinstance(self.epochs, int) else True,
+            f"--warmup-epochs must be at least 0 and less than --epochs ({self.epochs}). "
+            f"Received: {self.warmup_epochs!r}",
+        )
+        check(
+            self.weight_decay >= 0 and math.isfinite(self.weight_decay),
+            f"--weight-decay must be 0 or positive. Received: {self.weight_decay!r}",
+        )
+        check(
+            0 <= self.label_smoothing < 1,
+            f"--label-smoothing must be in [0, 1). Received: {self.label_smoothing!r}",
+        )
+        check(
+            self.clip_norm is None or (self.clip_norm > 0 and math.isfinite(self.clip_norm)),
+            f"--clip-norm must be positive (or none). Received: {self.clip_norm!r}",
+        )
+        for name in ("bop_gamma", "bop_threshold"):
+            value = getattr(self, name)
+            check(
+                value > 0 and math.isfinite(value),
+                f"--{name.replace('_', '-')} must be positive. Received: {value!r}",
+            )
+        if self.optimizer == "bop":
+            check(
+                self.mode in ("bnn", "larq") or self.model.startswith("zoo:"),
+                f"--optimizer bop with --mode {self.mode}: Bop flips binary weights and "
+                "drives every latent weight to +-1, so XNOR-Net's per-channel alpha "
+                "(mean |W|) becomes 1 on every channel within a few steps and the scaled "
+                "binary weights are lost. Use --mode bnn (or larq) with Bop, or a latent-"
+                "weight optimizer (adam, sgd) for bwn/xnor.",
+            )
+        if self.optimizer in LEGACY_OPTIMIZERS:
+            check(
+                not self.weight_decay and self.clip_norm is None,
+                f"--weight-decay and --clip-norm need a Keras optimizer (adam, sgd, adamax); "
+                f"--optimizer {self.optimizer} is built on Keras's legacy base without them.",
+            )
         check(
             self.train_subset >= 0,
             f"--train-subset must be 0 (all) or positive. Received: {self.train_subset}",
@@ -160,40 +261,67 @@ def make_strategy(name: str, devices=None) -> tf.distribute.Strategy:
     raise ValueError(f"--strategy must be one of {STRATEGIES}. Received: {name!r}")
 
 
-def make_optimizer(name: str, learning_rate):
+def make_optimizer(
+    name: str,
+    learning_rate,
+    *,
+    weight_decay=0.0,
+    clip_norm=None,
+    bop_gamma=1e-4,
+    bop_threshold=1e-8,
+):
     """Adam (the paper's choice), SGD with Nesterov momentum, Larq's Bop for the
     binary weights with Adam for the rest (through CaseOptimizer), BNN's
-    shift-based AdaMax, or Keras's AdaMax (its standard twin)."""
-    if name == "adam":
-        return tf.keras.optimizers.Adam(learning_rate)
-    if name == "shift_adamax":
-        from .optimizers import ShiftAdaMax
+    shift-based AdaMax, or Keras's AdaMax (its standard twin).
 
-        return ShiftAdaMax(learning_rate)
-    if name == "adamax":
-        return tf.keras.optimizers.Adamax(learning_rate)
-    if name == "sgd":
-        return tf.keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True)
-    if name == "bop":
+    ``learning_rate`` may be a schedule; with Bop, ``bop_gamma`` may be one too
+    (Bop's γ plays the learning rate's part for the binary weights).
+    ``weight_decay`` is decoupled (``w ← w − lr·wd·w`` each step, AdamW-style),
+    on every kernel, latent binary weights included, and not on BatchNorm's
+    β/γ or biases: on a latent weight it pulls the value towards 0, which makes
+    sign flips easier and, for bwn/xnor, shrinks α = mean|W| (the next BN
+    absorbs the scale). ``clip_norm`` clips the global gradient norm.
+    """
+    options = {}
+    if weight_decay:
+        options["weight_decay"] = weight_decay
+    if clip_norm is not None:
+        options["global_clipnorm"] = clip_norm
+    if name == "adam":
+        optimizer = tf.keras.optimizers.Adam(learning_rate, **options)
+    elif name == "adamax":
+        optimizer = tf.keras.optimizers.Adamax(learning_rate, **options)
+    elif name == "sgd":
+        optimizer = tf.keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True, **options)
+    elif name in LEGACY_OPTIMIZERS:
+        if options:
+            raise ValueError(
+                f"--weight-decay and --clip-norm are not available with --optimizer {name}"
+            )
+        if name == "shift_adamax":
+            from .optimizers import ShiftAdaMax
+
+            return ShiftAdaMax(learning_rate)
         # Larq's CaseOptimizer and Bop are built on Keras's legacy optimizer base.
         return lq.optimizers.CaseOptimizer(
-            (lq.optimizers.Bop.is_binary_variable, lq.optimizers.Bop()),
+            (
+                lq.optimizers.Bop.is_binary_variable,
+                lq.optimizers.Bop(threshold=bop_threshold, gamma=bop_gamma),
+            ),
             default_optimizer=tf.keras.optimizers.legacy.Adam(learning_rate),
         )
-    raise ValueError(f"--optimizer must be one of {OPTIMIZERS}. Received: {name!r}")
-
-
-def learning_rate_schedule(name: str, initial: float, total_steps: int):
-    if name == "constant":
-        return initial
-    if name == "cosine":
-        return tf.keras.optimizers.schedules.CosineDecay(initial, max(total_steps, 1))
-    if name == "step":
-        boundaries = [max(int(total_steps * 0.5), 1), max(int(total_steps * 0.75), 2)]
-        return tf.keras.optimizers.schedules.PiecewiseConstantDecay(
-            boundaries, [initial, initial * 0.1, initial * 0.01]
+    else:
+        raise ValueError(f"--optimizer must be one of {OPTIMIZERS}. Received: {name!r}")
+    if weight_decay:
+        optimizer.exclude_from_weight_decay(
+            var_names=["gamma", "beta", "bias", "moving_mean", "moving_variance"]
         )
-    raise ValueError(f"--schedule must be one of {SCHEDULES}. Received: {name!r}")
+    return optimizer
+
+
+def learning_rate_schedule(name: str, initial: float, total_steps: int, warmup_steps: int = 0):
+    """The :class:`~xnor_larq.recipes.PlannedSchedule` of ``--schedule name``."""
+    return PlannedSchedule(name, initial, int(total_steps), int(warmup_steps))
 
 
 def model_report(model) -> dict:
@@ -256,17 +384,40 @@ class EpochHistory(tf.keras.callbacks.Callback):
         tmp.replace(self.path)
 
 
-class EpochCheckpoint(tf.keras.callbacks.Callback):
-    """Saves model, optimizer and the epoch counter after every finished epoch."""
+class StepCheckpoint(tf.keras.callbacks.Callback):
+    """Saves model, optimizer and the global step at every epoch's end and every
+    ``every_steps`` steps (0: epoch ends only); checkpoint numbers are global steps.
 
-    def __init__(self, manager, epoch_variable):
+    ``resumed_step``: the global step this process started from; the first
+    (partial) epoch after a mid-epoch resume starts there.
+    """
+
+    def __init__(self, manager, step_variable, steps_per_epoch, every_steps=0, resumed_step=0):
         super().__init__()
         self.manager = manager
-        self.epoch_variable = epoch_variable
+        self.step_variable = step_variable
+        self.steps_per_epoch = steps_per_epoch
+        self.every_steps = every_steps
+        self.resumed_step = resumed_step
+        self._last_saved = resumed_step
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = max(epoch * self.steps_per_epoch, self.resumed_step)
+
+    def _save(self, step):
+        self.step_variable.assign(step)
+        self.manager.save(checkpoint_number=step)
+        self._last_saved = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.every_steps:
+            return
+        step = self._epoch_start + batch + 1
+        if step - self._last_saved >= self.every_steps and step % self.steps_per_epoch:
+            self._save(step)
 
     def on_epoch_end(self, epoch, logs=None):
-        self.epoch_variable.assign(epoch + 1)
-        self.manager.save(checkpoint_number=epoch + 1)
+        self._save((epoch + 1) * self.steps_per_epoch)
 
 
 def _is_chief(strategy) -> bool:
@@ -296,9 +447,33 @@ def _check_resumable(config: TrainConfig, path: Path):
             f"{config.output_dir} holds a run with other settings ({details}). "
             "Use a new --output-dir, or delete that folder to start over."
         )
+    planned = saved.get("epochs")
+    if planned != config.epochs and (config.schedule != "constant" or config.warmup_epochs):
+        raise ValueError(
+            f"{config.output_dir} holds a run planned for --epochs {planned}: its "
+            f"{config.schedule} schedule decays to its final value at the last step of "
+            f"epoch {planned}, and resuming with --epochs {config.epochs} would bend it "
+            f"(the learning rate would jump). Rerun with --epochs {planned} to finish that "
+            f"run, or train longer from its weights in a new folder: --output-dir NEW "
+            f"--weights {Path(config.output_dir) / 'model.keras'}."
+        )
 
 
-def build_model(config: TrainConfig, num_classes, input_shape):
+def _check_plan(plan: dict, path: Path, output_dir):
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    if saved.get("steps_per_epoch") != plan["steps_per_epoch"]:
+        raise ValueError(
+            f"{output_dir} was planned with {saved.get('steps_per_epoch')} steps an epoch, "
+            f"but the data now gives {plan['steps_per_epoch']} (another --data-dir or "
+            "--train-size?). Use the same data to resume, or a new --output-dir."
+        )
+
+
+def build_model(config: TrainConfig, num_classes, input_shape, input_normalization=None):
+    """The model ``config`` names; with ``input_normalization=(mean, std)`` (our
+    builders only) it takes uint8 images and normalizes them itself."""
     builder = get_builder(config.model)
     kwargs = dict(num_classes=num_classes, input_shape=input_shape)
     if config.model.startswith("zoo:"):
@@ -311,6 +486,7 @@ def build_model(config: TrainConfig, num_classes, input_shape):
             input_scaling=config.input_scaling,
             stochastic=config.stochastic,
             batch_norm=config.batch_norm,
+            input_normalization=input_normalization,
         )
         if config.mode != "larq":  # Larq's baseline clips at 1, as Larq does
             kwargs["weight_clip"] = config.weight_clip
@@ -324,6 +500,53 @@ def build_model(config: TrainConfig, num_classes, input_shape):
     if config.weights and not config.model.startswith("zoo:"):
         model.load_weights(config.weights)
     return model
+
+
+def _distributed(strategy, make):
+    """``make(layout)`` per input pipeline, through the strategy."""
+    return strategy.distribute_datasets_from_function(
+        lambda context: make(data_lib.layout_of(context))
+    )
+
+
+def _compile(model, optimizer, config: TrainConfig):
+    loss = (
+        SparseCrossEntropy(config.label_smoothing)
+        if config.label_smoothing
+        else "sparse_categorical_crossentropy"
+    )
+    # Weighted metrics: evaluation pads its last batch with weight-0 images.
+    model.compile(
+        optimizer=optimizer,
+        loss=loss,
+        weighted_metrics=[
+            "accuracy",
+            tf.keras.metrics.SparseCategoricalCrossentropy(name="cross_entropy"),
+        ],
+        jit_compile=config.jit_compile,
+        steps_per_execution=config.steps_per_execution,
+    )
+
+
+def plan_steps(config: TrainConfig, train_size: int) -> dict:
+    """Steps per epoch, total steps and warm-up steps of ``config`` on ``train_size`` images."""
+    steps_per_epoch = train_size // config.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"--batch-size {config.batch_size} is larger than the {train_size} training "
+            "images; lower it (or use more data)."
+        )
+    total = config.epochs * steps_per_epoch
+    return {
+        "train_images": int(train_size),
+        "global_batch": config.batch_size,
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total,
+        "warmup_steps": int(round(config.warmup_epochs * steps_per_epoch)),
+        "schedule": config.schedule,
+        "lr": config.lr,
+        "lr_note": LR_NOTE,
+    }
 
 
 def train(config: TrainConfig, verbose=None) -> dict:
@@ -341,9 +564,6 @@ def train(config: TrainConfig, verbose=None) -> dict:
     output = Path(config.output_dir)
     if not chief:  # other workers write to a private scratch folder
         output = output / ".workers" / f"worker-{strategy.cluster_resolver.task_id}"
-    output.mkdir(parents=True, exist_ok=True)
-    _check_resumable(config, output / "config.json")
-    write_json(output / "config.json", asdict(config))
 
     spec = data_lib.load_dataset(
         config.dataset,
@@ -353,58 +573,140 @@ def train(config: TrainConfig, verbose=None) -> dict:
         train_subset=config.train_subset,
         augment=config.augment,
         image_size=config.image_size,
+        train_size=config.train_size,
     )
-    steps_per_epoch = (spec.train_size // config.batch_size) if spec.train_size else None
-    total_steps = config.epochs * (steps_per_epoch or 1000)
+    plan = plan_steps(config, spec.train_size)
+    steps_per_epoch, total_steps = plan["steps_per_epoch"], plan["total_steps"]
+    eval_steps = data_lib.pipeline.evaluation_steps(spec.test_size, config.batch_size)
+    # uint8 to the model (normalized on the device) for ImageNet, where the bytes
+    # matter; the small sets, and Larq Zoo's models, get floats from the pipeline.
+    uint8 = config.dataset == "imagenet" and not config.model.startswith("zoo:")
+    normalization = (spec.mean.tolist(), spec.std.tolist()) if uint8 else None
 
-    with strategy.scope():
-        model = build_model(config, spec.num_classes, spec.input_shape)
-        optimizer = make_optimizer(
-            config.optimizer, learning_rate_schedule(config.schedule, config.lr, total_steps)
-        )
-        model.compile(
-            optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"]
-        )
-        epoch_variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_variable)
+    previous_policy = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy(PRECISIONS[config.precision])
+    try:
+        with strategy.scope():
+            model = build_model(config, spec.num_classes, spec.input_shape, normalization)
+            schedule = learning_rate_schedule(
+                config.schedule, config.lr, total_steps, plan["warmup_steps"]
+            )
+            gamma = learning_rate_schedule(
+                config.schedule, config.bop_gamma, total_steps, plan["warmup_steps"]
+            )
+            optimizer = make_optimizer(
+                config.optimizer,
+                schedule,
+                weight_decay=config.weight_decay,
+                clip_norm=config.clip_norm,
+                bop_gamma=gamma,
+                bop_threshold=config.bop_threshold,
+            )
+            _compile(model, optimizer, config)
+            step_variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+            checkpoint = tf.train.Checkpoint(
+                model=model, optimizer=model.optimizer, step=step_variable
+            )
+    finally:
+        tf.keras.mixed_precision.set_global_policy(previous_policy)
+
+    # Everything is checked and built: only now does the output folder get files.
+    output.mkdir(parents=True, exist_ok=True)
+    _check_resumable(config, output / "config.json")
+    _check_plan(plan, output / "plan.json", config.output_dir)
+    write_json(output / "config.json", asdict(config))
+    write_json(output / "plan.json", plan)
+
     manager = tf.train.CheckpointManager(checkpoint, str(output / "checkpoints"), max_to_keep=2)
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).expect_partial()
-    initial_epoch = int(epoch_variable.numpy())
-    if initial_epoch:
-        print(f"Resuming {output} after epoch {initial_epoch} of {config.epochs}")
+    resumed_step = int(step_variable.numpy())
+    initial_epoch, step_in_epoch = divmod(resumed_step, steps_per_epoch)
+    if resumed_step:
+        where = f"epoch {initial_epoch}" + (
+            f", step {step_in_epoch} of {steps_per_epoch}" if step_in_epoch else ""
+        )
+        print(
+            f"Resuming {output} after {where} of {config.epochs} "
+            f"(global step {resumed_step} of {total_steps})"
+        )
 
+    def train_data(first_step, epochs):
+        return _distributed(
+            strategy,
+            lambda layout: data_lib.training_dataset(
+                spec.train_source,
+                global_batch=config.batch_size,
+                steps_per_epoch=steps_per_epoch,
+                epochs=epochs,
+                seed=config.seed,
+                first_step=first_step,
+                layout=layout,
+                uint8=uint8,
+            ),
+        )
+
+    eval_data = _distributed(
+        strategy,
+        lambda layout: data_lib.evaluation_dataset(
+            spec.test_source, global_batch=config.batch_size, layout=layout, uint8=uint8
+        ),
+    )
     callbacks = [
         EpochHistory(output / "history.csv", initial_epoch),
-        EpochCheckpoint(manager, epoch_variable),
+        StepCheckpoint(
+            manager, step_variable, steps_per_epoch, config.save_every_steps, resumed_step
+        ),
         tf.keras.callbacks.TensorBoard(str(output / "tensorboard")),
     ]
     if verbose is None:
         verbose = 1 if os.isatty(1) else 2
+    fit = dict(
+        validation_data=eval_data,
+        validation_steps=eval_steps,
+        validation_freq=config.validation_freq,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
     start = time.perf_counter()
+    if step_in_epoch:  # the rest of the interrupted epoch, from the very next batch
+        model.fit(
+            train_data(resumed_step, initial_epoch + 1),
+            epochs=initial_epoch + 1,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps_per_epoch - step_in_epoch,
+            **fit,
+        )
+        initial_epoch += 1
+        callbacks[0].initial_epoch = initial_epoch
     if initial_epoch < config.epochs:
         model.fit(
-            spec.train,
+            train_data(initial_epoch * steps_per_epoch, config.epochs),
             epochs=config.epochs,
             initial_epoch=initial_epoch,
-            validation_data=spec.test,
-            callbacks=callbacks,
-            verbose=verbose,
+            steps_per_epoch=steps_per_epoch,
+            **fit,
         )
     wall_time = time.perf_counter() - start
-    loss, accuracy = model.evaluate(spec.test, verbose=0)
+    results = model.evaluate(eval_data, steps=eval_steps, verbose=0, return_dict=True)
 
     report = {
         "model": config.model,
         "dataset": config.dataset,
         "mode": config.mode,
-        "test_accuracy": float(accuracy),
-        "test_loss": float(loss),
+        "test_accuracy": float(results["accuracy"]),
+        "test_loss": float(results["cross_entropy"]),
+        "test_images": spec.test_size,
         "epochs": config.epochs,
-        "resumed_from_epoch": initial_epoch,
+        "resumed_from_epoch": int(resumed_step // steps_per_epoch),
+        "resumed_from_step": resumed_step,
+        "optimizer_steps": int(step_variable.numpy()),
+        "plan": plan,
+        "final_learning_rate": float(schedule(max(total_steps - 1, 0))),
         "wall_time_s": wall_time,
         "devices": list(strategy.extended.worker_devices),
         "replicas": replicas,
+        "precision": config.precision,
         "tensorflow": tf.__version__,
         "larq": lq.__version__,
         "config": asdict(config),
@@ -427,12 +729,23 @@ def evaluate(model_path, config: TrainConfig) -> dict:
         batch_size=config.batch_size,
         image_size=config.image_size,
     )
-    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    loss, accuracy = model.evaluate(spec.test, verbose=0)
+    uint8 = model.inputs[0].dtype == tf.uint8
+    dataset = data_lib.evaluation_dataset(
+        spec.test_source, global_batch=config.batch_size, uint8=uint8
+    )
+    model.compile(
+        loss="sparse_categorical_crossentropy",
+        weighted_metrics=[
+            "accuracy",
+            tf.keras.metrics.SparseCategoricalCrossentropy(name="cross_entropy"),
+        ],
+    )
+    results = model.evaluate(dataset, verbose=0, return_dict=True)
     return {
         "model_file": str(model_path),
         "dataset": config.dataset,
-        "test_accuracy": float(accuracy),
-        "test_loss": float(loss),
+        "test_accuracy": float(results["accuracy"]),
+        "test_loss": float(results["cross_entropy"]),
+        "test_images": spec.test_size,
         **model_report(model),
     }

@@ -10,53 +10,99 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-import tensorflow as tf
-
+from . import pipeline
 from .cifar import load_cifar, read_batch
 from .errors import CorruptDataError, DatasetNotFoundError
-from .imagenet import image_folder_dataset, load_imagenet, tfrecord_dataset
+from .imagenet import (
+    TFRecordShards,
+    image_folder_dataset,
+    imagenet_sources,
+    load_imagenet,
+    tfrecord_dataset,
+)
 from .mnist import load_idx_dataset, read_idx
+from .pipeline import ArraySource, InputLayout, Source, layout_of
 from .synthetic import synthetic_arrays
 
 DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "imagenet", "synthetic")
 
 
+def training_dataset(source, **kwargs):
+    """:func:`pipeline.training_dataset` for any source (TFRecord shards stream)."""
+    if isinstance(source, TFRecordShards):
+        return source.training_dataset(**kwargs)
+    return pipeline.training_dataset(source, **kwargs)
+
+
+def evaluation_dataset(source, **kwargs):
+    """:func:`pipeline.evaluation_dataset` for any source (TFRecord shards stream)."""
+    if isinstance(source, TFRecordShards):
+        return source.evaluation_dataset(**kwargs)
+    return pipeline.evaluation_dataset(source, **kwargs)
+
+
+def as_datasets(train_source, test_source, *, batch_size, eval_batch_size=None, seed=0):
+    """One epoch of float ``(image, label)`` batches each: the simple view of two sources."""
+    train = training_dataset(
+        train_source,
+        global_batch=batch_size,
+        steps_per_epoch=train_source.size // batch_size,
+        epochs=1,
+        seed=seed,
+    )
+    test = evaluation_dataset(test_source, global_batch=eval_batch_size or batch_size)
+    test = test.unbatch().filter(lambda x, y, w: w > 0).map(lambda x, y, w: (x, y))
+    return train, test.batch(eval_batch_size or batch_size)
+
+
 @dataclass
 class DataSpec:
-    train: tf.data.Dataset
-    test: tf.data.Dataset
+    """A dataset's two splits as sources, plus what a model needs to know of them.
+
+    ``train`` and ``test`` are one epoch of float ``(image, label)`` batches, for
+    quick use with ``model.fit``; the training CLI builds its pipelines from
+    ``train_source`` and ``test_source`` with :func:`training_dataset` and
+    :func:`evaluation_dataset` (uint8, sharded, resumable).
+    """
+
+    train_source: object
+    test_source: object
     num_classes: int
     input_shape: tuple
-    train_size: int | None  # None when unknown (streamed TFRecords)
+    batch_size: int = 128
+    eval_batch_size: int | None = None
+    seed: int = 0
 
+    @property
+    def train_size(self) -> int:
+        return int(self.train_source.size)
 
-def array_pipeline(images, labels, *, batch_size, training, seed=None, augment=None):
-    """uint8 images → float in [-1, 1], NHWC; shuffle, augment, batch, prefetch.
+    @property
+    def test_size(self) -> int:
+        return int(self.test_source.size)
 
-    ``augment``: None, ``"shift"`` (pad 2, random crop) or ``"crop_flip"`` (pad
-    4, random crop, horizontal flip: the CIFAR recipe).
-    """
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[..., None]
-    dataset = tf.data.Dataset.from_tensor_slices((images, np.asarray(labels, np.int64)))
-    if training:
-        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    pad = {"shift": 2, "crop_flip": 4}.get(augment, 0)
+    @property
+    def mean(self):
+        return self.train_source.mean
 
-    def prepare(image, label):
-        image = tf.cast(image, tf.float32) / 127.5 - 1.0
-        if training and augment:
-            shape = tf.shape(image)
-            image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
-            image = tf.image.random_crop(image, shape, seed=seed)
-            if augment == "crop_flip":
-                image = tf.image.random_flip_left_right(image, seed=seed)
-        return image, label
+    @property
+    def std(self):
+        return self.train_source.std
 
-    dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+    @property
+    def train(self):
+        return as_datasets(
+            self.train_source, self.test_source, batch_size=self.batch_size, seed=self.seed
+        )[0]
+
+    @property
+    def test(self):
+        return as_datasets(
+            self.train_source,
+            self.test_source,
+            batch_size=self.batch_size,
+            eval_batch_size=self.eval_batch_size,
+        )[1]
 
 
 def load_dataset(
@@ -70,45 +116,78 @@ def load_dataset(
     augment=None,
     image_size=224,
     download=True,
+    train_size=None,
 ):
-    """Load ``name`` as a :class:`DataSpec`; errors name the places searched."""
+    """Load ``name`` as a :class:`DataSpec`; errors name the places searched.
+
+    ``augment``: None for the dataset's default (CIFAR: ``crop_flip``; ImageNet:
+    ``inception``; the 28×28 sets: none), ``""`` or ``"none"`` for none, or a
+    name (``shift``, ``crop_flip`` for arrays; ``inception`` for ImageNet).
+    ``train_size``: TFRecord shards only, the number of training records (skips
+    counting them).
+    """
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}. Choose one of: {', '.join(DATASETS)}")
-    eval_batch_size = eval_batch_size or batch_size
-    if name == "imagenet":
-        train, test, classes = load_imagenet(
-            data_dir, image_size=image_size, batch_size=batch_size, seed=seed
-        )
-        return DataSpec(train, test, classes, (image_size, image_size, 3), None)
-    if name in ("fashion_mnist", "mnist"):
-        (x, y), (xt, yt) = load_idx_dataset(name, data_dir, download=download)
-        default_augment, classes = None, 10
-    elif name in ("cifar10", "cifar100"):
-        (x, y), (xt, yt) = load_cifar(name, data_dir)
-        default_augment, classes = "crop_flip", 10 if name == "cifar10" else 100
-    else:
-        (x, y), (xt, yt) = synthetic_arrays(num_train=2048, num_test=256, seed=seed or 0)
-        default_augment, classes = None, 10
-    if train_subset:
-        x, y = x[:train_subset], y[:train_subset]
-    if batch_size > len(x):
+    if train_size is not None and name != "imagenet":
         raise ValueError(
-            f"--batch-size {batch_size} is larger than the {len(x)} training images of "
-            f"{name}; lower it (or use more data)."
+            f"--train-size is for ImageNet TFRecord shards; {name} is counted when loaded. "
+            "Drop --train-size."
         )
-    augment = default_augment if augment is None else (augment or None)
-    train = array_pipeline(x, y, batch_size=batch_size, training=True, seed=seed, augment=augment)
-    test = array_pipeline(xt, yt, batch_size=eval_batch_size, training=False)
-    shape = x.shape[1:] if x.ndim == 4 else (*x.shape[1:], 1)
-    return DataSpec(train, test, classes, tuple(int(s) for s in shape), len(x))
+    common = dict(batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed or 0)
+    if name == "imagenet":
+        train, test, classes = imagenet_sources(
+            data_dir,
+            image_size=image_size,
+            augment=augment,
+            train_subset=train_subset,
+            train_size=train_size,
+        )
+        spec = DataSpec(train, test, classes, (image_size, image_size, 3), **common)
+    else:
+        if name in ("fashion_mnist", "mnist"):
+            (x, y), (xt, yt) = load_idx_dataset(name, data_dir, download=download)
+            default_augment, classes = None, 10
+        elif name in ("cifar10", "cifar100"):
+            (x, y), (xt, yt) = load_cifar(name, data_dir)
+            default_augment, classes = "crop_flip", 10 if name == "cifar10" else 100
+        else:
+            (x, y), (xt, yt) = synthetic_arrays(num_train=2048, num_test=256, seed=seed or 0)
+            default_augment, classes = None, 10
+        if train_subset:
+            x, y = x[:train_subset], y[:train_subset]
+        if augment == "inception":
+            raise ValueError(
+                f"--augment inception is ImageNet's random-resized crop; for {name} use "
+                "shift, crop_flip or none."
+            )
+        augment = default_augment if augment is None else (augment if augment != "none" else None)
+        augment = augment or None
+        train = ArraySource(x, y, augment=augment, description=f"{name} training set")
+        test = ArraySource(xt, yt, description=f"{name} test set")
+        spec = DataSpec(train, test, classes, train.image_shape, **common)
+    if batch_size > spec.train_size:
+        raise ValueError(
+            f"--batch-size {batch_size} is larger than the {spec.train_size} training images "
+            f"of {name}; lower it (or use more data)."
+        )
+    return spec
 
 
 __all__ = [
     "DATASETS",
+    "ArraySource",
+    "InputLayout",
+    "Source",
+    "TFRecordShards",
+    "as_datasets",
+    "evaluation_dataset",
+    "imagenet_sources",
+    "layout_of",
+    "pipeline",
+    "training_dataset",
     "CorruptDataError",
     "DataSpec",
     "DatasetNotFoundError",
-    "array_pipeline",
     "image_folder_dataset",
     "load_cifar",
     "load_dataset",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from .blocks import (
+    model_input,
     binary_conv_block,
     binary_dense_block,
     float_classifier,
@@ -41,8 +42,8 @@ def alexnet(
         mode, input_scaling=input_scaling, stochastic=stochastic, seed=seed, **quantizer_options
     )
     block = dict(bn_momentum=bn_momentum)
-    inputs = tf.keras.Input(input_shape)
-    x = float_stem(inputs, 96, 11, strides=4, padding="same", pool=3, pool_strides=2, **block)
+    inputs, x = model_input(input_shape)
+    x = float_stem(x, 96, 11, strides=4, padding="same", pool=3, pool_strides=2, **block)
     x = binary_conv_block(x, 256, kwargs, kernel_size=5, pool=3, pool_strides=2, **block)
     x = binary_conv_block(x, 384, kwargs, **block)
     x = binary_conv_block(x, 384, kwargs, **block)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from .blocks import (
+    model_input,
     binary_conv_block,
     binary_dense_block,
     float_classifier,
@@ -40,8 +41,8 @@ def binarynet_vgg(
         mode, input_scaling=input_scaling, stochastic=stochastic, seed=seed, **quantizer_options
     )
     block = dict(bn_momentum=bn_momentum)
-    inputs = tf.keras.Input(input_shape)
-    x = float_stem(inputs, width, 3, **block)
+    inputs, x = model_input(input_shape)
+    x = float_stem(x, width, 3, **block)
     x = binary_conv_block(x, width, kwargs, pool=2, **block)
     x = binary_conv_block(x, 2 * width, kwargs, **block)
     x = binary_conv_block(x, 2 * width, kwargs, pool=2, **block)

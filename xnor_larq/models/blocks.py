@@ -8,7 +8,7 @@ import functools
 import larq as lq
 import tensorflow as tf
 
-from ..layers import ScaledQuantConv2D, ScaledQuantDense
+from ..layers import InputNormalization, ScaledQuantConv2D, ScaledQuantDense
 from ..modes import binary_layer_kwargs
 from ..normalization import ShiftBatchNormalization
 
@@ -50,24 +50,56 @@ def _real_input_activation(x, kwargs):
 
 BATCH_NORMS = ("standard", "shift")
 _batch_norm_kind = contextvars.ContextVar("batch_norm_kind", default="standard")
+_input_normalization = contextvars.ContextVar("input_normalization", default=None)
+# Binary layers built so far in this model: each stochastic quantizer's seed is
+# derived from the model's seed and its layer's place, so no two draw alike.
+_layer_count = contextvars.ContextVar("layer_count", default=None)
 
 
 def model_builder(build):
-    """Give a builder the ``batch_norm`` argument ("standard" or "shift")."""
+    """Give a builder the ``batch_norm`` ("standard" or "shift") and
+    ``input_normalization`` (None, or ``(mean, std)``: the model takes uint8
+    images and normalizes them itself) arguments."""
 
     @functools.wraps(build)
-    def wrapper(*, batch_norm: str = "standard", **kwargs):
+    def wrapper(*, batch_norm: str = "standard", input_normalization=None, **kwargs):
         if batch_norm not in BATCH_NORMS:
             raise ValueError(
                 f"`batch_norm` must be one of {BATCH_NORMS}. Received: batch_norm={batch_norm!r}"
             )
-        token = _batch_norm_kind.set(batch_norm)
+        tokens = [
+            (_batch_norm_kind, _batch_norm_kind.set(batch_norm)),
+            (_input_normalization, _input_normalization.set(input_normalization)),
+            (_layer_count, _layer_count.set([0])),
+        ]
         try:
             return build(**kwargs)
         finally:
-            _batch_norm_kind.reset(token)
+            for variable, token in reversed(tokens):
+                variable.reset(token)
 
     return wrapper
+
+
+def model_input(input_shape):
+    """``(inputs, x)``: the model's Input, and what the first layer reads.
+
+    With ``input_normalization=(mean, std)`` the input is uint8 and ``x`` is
+    :class:`~xnor_larq.layers.InputNormalization` of it.
+    """
+    normalization = _input_normalization.get()
+    if normalization is None:
+        inputs = tf.keras.Input(input_shape)
+        return inputs, inputs
+    inputs = tf.keras.Input(input_shape, dtype="uint8")
+    mean, std = normalization
+    return inputs, InputNormalization(mean, std, name="input_normalization")(inputs)
+
+
+def derived_seed(seed: int, layer_index: int, slot: int) -> int:
+    """The op seed of one stochastic quantizer: distinct per layer and per slot
+    (0: inputs, 1: weights), fixed by the model's ``seed``."""
+    return (int(seed) * 1_000_003 + 2 * layer_index + slot) % (2**31 - 1)
 
 
 def batch_norm(x, momentum=0.9, epsilon=1e-4, name=None):
@@ -142,7 +174,26 @@ def _conv_class(kwargs):
 
 
 def _layer_args(kwargs):
-    return {k: v for k, v in kwargs.items() if k != "larq_layers"}
+    args = {k: v for k, v in kwargs.items() if k != "larq_layers"}
+    count = _layer_count.get()
+    if count is None:
+        count = _layer_count_outside_builders
+    index = count[0]
+    count[0] += 1
+    for slot, key in enumerate(("input_quantizer", "kernel_quantizer")):
+        quantizer = args.get(key)
+        if (
+            isinstance(quantizer, dict)
+            and quantizer.get("class_name") == "StochasticSign"
+            and quantizer["config"].get("seed") is not None
+        ):
+            config = dict(quantizer["config"])
+            config["seed"] = derived_seed(config["seed"], index, slot)
+            args[key] = {"class_name": "StochasticSign", "config": config}
+    return args
+
+
+_layer_count_outside_builders = [0]
 
 
 def float_stem(

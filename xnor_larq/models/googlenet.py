@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from .blocks import binary_conv_block, float_classifier, float_stem, layer_kwargs, model_builder
+from .blocks import binary_conv_block, float_classifier, float_stem, layer_kwargs, model_builder, model_input
 
 # (1×1, 3×3 reduce, 3×3, 5×5 reduce, 5×5, pool projection) of each module.
 _MODULES = {
@@ -59,8 +59,8 @@ def googlenet(
         mode, input_scaling=input_scaling, stochastic=stochastic, seed=seed, **quantizer_options
     )
     conv = dict(bn_momentum=bn_momentum)
-    inputs = tf.keras.Input(input_shape)
-    x = float_stem(inputs, 64, 7, strides=2, pool=3, pool_strides=2, **conv)
+    inputs, x = model_input(input_shape)
+    x = float_stem(x, 64, 7, strides=2, pool=3, pool_strides=2, **conv)
     x = binary_conv_block(x, 64, kwargs, kernel_size=1, **conv)
     x = binary_conv_block(x, 192, kwargs, kernel_size=3, **conv)
     x = tf.keras.layers.MaxPool2D(3, strides=2, padding="same")(x)

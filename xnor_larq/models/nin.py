@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from .blocks import batch_norm, binary_conv_block, layer_kwargs, model_builder
+from .blocks import batch_norm, binary_conv_block, layer_kwargs, model_builder, model_input
 
 
 @model_builder
@@ -34,8 +34,8 @@ def nin(
         mode, input_scaling=input_scaling, stochastic=stochastic, seed=seed, **quantizer_options
     )
     block = dict(bn_momentum=bn_momentum, post_activation="relu")
-    inputs = tf.keras.Input(input_shape)
-    x = tf.keras.layers.Conv2D(192, 5, padding="same", name="float_conv")(inputs)
+    inputs, x = model_input(input_shape)
+    x = tf.keras.layers.Conv2D(192, 5, padding="same", name="float_conv")(x)
     x = batch_norm(x, momentum=bn_momentum)
     x = tf.keras.layers.Activation("relu")(x)
     x = binary_conv_block(x, 160, kwargs, kernel_size=1, **block)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from .blocks import (
+    model_input,
     batch_norm,
     binary_conv_block,
     float_classifier,
@@ -47,8 +48,8 @@ def resnet18(
     kwargs = layer_kwargs(
         mode, input_scaling=input_scaling, stochastic=stochastic, seed=seed, **quantizer_options
     )
-    inputs = tf.keras.Input(input_shape)
-    x = float_stem(inputs, 64, 7, strides=2, pool=3, pool_strides=2, bn_momentum=bn_momentum)
+    inputs, x = model_input(input_shape)
+    x = float_stem(x, 64, 7, strides=2, pool=3, pool_strides=2, bn_momentum=bn_momentum)
     for stage, filters in enumerate((64, 128, 256, 512)):
         for block in range(2):
             strides = 2 if stage > 0 and block == 0 else 1

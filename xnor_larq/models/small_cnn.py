@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from .blocks import batch_norm, binary_conv_block, binary_dense_block, layer_kwargs, model_builder
+from .blocks import batch_norm, binary_conv_block, binary_dense_block, layer_kwargs, model_builder, model_input
 
 
 @model_builder
@@ -50,9 +50,9 @@ def small_cnn(
     kwargs = layer_kwargs(
         mode, input_scaling=input_scaling, stochastic=stochastic, seed=seed, **quantizer_options
     )
-    inputs = tf.keras.Input(input_shape)
+    inputs, x = model_input(input_shape)
     x = tf.keras.layers.Conv2D(width // 2, 3, padding="same", use_bias=False, name="float_conv")(
-        inputs
+        x
     )
     x = binary_conv_block(x, width, kwargs, pool=2, bn_momentum=bn_momentum)
     x = binary_conv_block(x, 2 * width, kwargs, pool=2, bn_momentum=bn_momentum)
