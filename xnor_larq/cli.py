@@ -36,7 +36,7 @@ def _add_common(parser):
 
 def build_parser():
     from xnor_larq.modes import STOCHASTIC_TARGETS
-    from xnor_larq.training import OPTIMIZERS, SCHEDULES, STRATEGIES, TrainConfig
+    from xnor_larq.training import LR_NOTE, OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES, TrainConfig
 
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(prog="xnor-larq", description=__doc__.splitlines()[0])
@@ -80,7 +80,7 @@ def build_parser():
         "or both (the default when given without a value)",
     )
     train.add_argument("--epochs", type=int, default=defaults.epochs)
-    train.add_argument("--lr", type=float, default=defaults.lr)
+    train.add_argument("--lr", type=float, default=defaults.lr, help=LR_NOTE)
     train.add_argument("--optimizer", default=defaults.optimizer, choices=OPTIMIZERS)
     train.add_argument("--schedule", default=defaults.schedule, choices=SCHEDULES)
     train.add_argument(
@@ -98,8 +98,9 @@ def build_parser():
     train.add_argument(
         "--augment",
         default=None,
-        choices=["none", "shift", "crop_flip"],
-        help="default: crop_flip for CIFAR, none for the 28x28 sets",
+        choices=["none", "shift", "crop_flip", "inception"],
+        help="default: crop_flip for CIFAR, inception (random-resized crop and flip) for "
+        "ImageNet, none for the 28x28 sets",
     )
     train.add_argument(
         "--width",
@@ -137,6 +138,68 @@ def build_parser():
         "report.json; rerun the same command to resume",
     )
     train.add_argument("--weights", default=None, help="a local weights file to start from")
+    recipe = train.add_argument_group("recipe")
+    recipe.add_argument(
+        "--train-size",
+        type=int,
+        default=None,
+        help="ImageNet TFRecords: the number of training records (else counted once, cached)",
+    )
+    recipe.add_argument(
+        "--save-every-steps",
+        type=int,
+        default=defaults.save_every_steps,
+        help="also checkpoint every N steps (0: at epoch ends only); a killed run resumes "
+        "at the next batch after the last checkpoint",
+    )
+    recipe.add_argument(
+        "--precision",
+        default=defaults.precision,
+        choices=list(PRECISIONS),
+        help="float32, or mixed precision: bfloat16, float16 (with dynamic loss scaling)",
+    )
+    recipe.add_argument(
+        "--jit-compile", action="store_true", help="compile the train step with XLA"
+    )
+    recipe.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=defaults.warmup_epochs,
+        help="linear learning-rate warm-up from 0, in epochs (fractions allowed)",
+    )
+    recipe.add_argument(
+        "--weight-decay",
+        type=float,
+        default=defaults.weight_decay,
+        help="decoupled weight decay on kernels, latent binary weights included (pulls "
+        "them towards 0: easier sign flips; for bwn/xnor a smaller alpha); not on BN or biases",
+    )
+    recipe.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
+    recipe.add_argument(
+        "--clip-norm",
+        type=_optional_float,
+        default=defaults.clip_norm,
+        help="clip the global gradient norm to this value (none: off)",
+    )
+    recipe.add_argument(
+        "--validation-freq",
+        type=int,
+        default=defaults.validation_freq,
+        help="validate every N epochs",
+    )
+    recipe.add_argument(
+        "--steps-per-execution",
+        type=int,
+        default=defaults.steps_per_execution,
+        help="train steps per call into the compiled step (fewer Python round trips)",
+    )
+    recipe.add_argument(
+        "--bop-gamma",
+        type=float,
+        default=defaults.bop_gamma,
+        help="Bop's adaptivity rate; it follows --schedule and --warmup-epochs as --lr does",
+    )
+    recipe.add_argument("--bop-threshold", type=float, default=defaults.bop_threshold)
     train.set_defaults(func=_train)
 
     evaluate = commands.add_parser("evaluate", help="test accuracy of a saved model")
@@ -174,7 +237,17 @@ def build_parser():
     bench.add_argument("--doc", default="docs/RESULTS.md")
     bench.add_argument(
         "suite",
-        choices=["accuracy", "speed", "size", "shift-bnn", "inference", "report", "layer-speed"],
+        choices=[
+            "accuracy",
+            "speed",
+            "size",
+            "shift-bnn",
+            "inference",
+            "pipeline",
+            "throughput",
+            "report",
+            "layer-speed",
+        ],
     )
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
@@ -221,7 +294,16 @@ def _export(args):
 def _bench(args):
     from pathlib import Path
 
-    from xnor_larq.benchmarks import accuracy, layer_speed, report, shift_bnn, size, speed
+    from xnor_larq.benchmarks import (
+        accuracy,
+        layer_speed,
+        pipeline,
+        report,
+        shift_bnn,
+        size,
+        speed,
+        throughput,
+    )
     from xnor_larq.benchmarks import inference as inference_bench
 
     if args.suite == "layer-speed":
@@ -234,6 +316,8 @@ def _bench(args):
             "size": size,
             "shift-bnn": shift_bnn,
             "inference": inference_bench,
+            "pipeline": pipeline,
+            "throughput": throughput,
         }
         if "--json" in args.rest:
             raise SystemExit(

@@ -339,9 +339,13 @@ class TFRecordShards:
             if by_file and layout.num_pipelines > 1:
                 shards = shards[layout.pipeline_id :: layout.num_pipelines]
             records = self._records(shards, layout, shard_records=not by_file)
-            records = records.shuffle(shuffle_buffer, seed=seed * 1_000_003 + epoch)
+            records = records.batch(shuffle_buffer).enumerate().flat_map(
+                lambda block, chunk: _shuffled(chunk, element_seed(seed, epoch, block))
+            )
             records = records.take(needed)
-            skip = tf.where(epoch == first_epoch, first_row * per_pipeline, 0)
+            skip = tf.where(
+                epoch == first_epoch, tf.constant(first_row * per_pipeline, tf.int64), 0
+            )
             positions = tf.data.Dataset.range(needed)
             return tf.data.Dataset.zip((records, positions)).skip(skip).map(
                 lambda record, position: (record, position, epoch)
@@ -387,6 +391,12 @@ class TFRecordShards:
         dataset = tf.data.Dataset.zip((records, weights))
         dataset = dataset.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return dataset.batch(per_replica, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def _shuffled(chunk, seed):
+    """The records of one chunk in a stateless random order."""
+    order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(chunk)[0]), seed=seed)
+    return tf.data.Dataset.from_tensor_slices(tf.gather(chunk, order))
 
 
 def _output(source, image, label, uint8, *extra):

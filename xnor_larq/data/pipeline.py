@@ -161,7 +161,7 @@ def training_dataset(
         positions = tf.range(steps, dtype=tf.int64)[:, None] * global_batch + tf.range(
             column, column + per_pipeline, dtype=tf.int64
         )
-        start = tf.where(epoch == first_epoch, first_row, 0)
+        start = tf.where(epoch == first_epoch, tf.constant(first_row, tf.int64), 0)
         indices = tf.reshape(mine[start:], [-1])
         positions = tf.reshape(positions[start:], [-1])
         epochs_column = tf.fill(tf.shape(indices), epoch)
