@@ -701,6 +701,7 @@ def train(config: TrainConfig, verbose=None) -> dict:
         "resumed_from_epoch": int(resumed_step // steps_per_epoch),
         "resumed_from_step": resumed_step,
         "optimizer_steps": int(step_variable.numpy()),
+        "optimizer_iterations": int(model.optimizer.iterations.numpy()),
         "plan": plan,
         "final_learning_rate": float(schedule(max(total_steps - 1, 0))),
         "wall_time_s": wall_time,
@@ -728,6 +729,7 @@ def evaluate(model_path, config: TrainConfig) -> dict:
         data_dir=config.data_dir,
         batch_size=config.batch_size,
         image_size=config.image_size,
+        seed=config.seed,  # the synthetic set is drawn from it
     )
     uint8 = model.inputs[0].dtype == tf.uint8
     dataset = data_lib.evaluation_dataset(
