@@ -82,3 +82,56 @@ def test_get_config_round_trip_and_bad_arguments():
         ShiftBatchNormalization(epsilon=0)
     with pytest.raises(ValueError, match="out of range"):
         ShiftBatchNormalization(axis=3)(tf.zeros((2, 3)))
+
+
+def _one_sgd_step(strategy, x, y, seed_weights):
+    with strategy.scope():
+        model = tf.keras.Sequential(
+            [
+                tf.keras.Input((4, 4, 3)),
+                tf.keras.layers.Conv2D(5, 3, padding="same", use_bias=False),
+                ShiftBatchNormalization(momentum=0.5),
+                tf.keras.layers.Flatten(),
+                tf.keras.layers.Dense(3),
+            ]
+        )
+        model.set_weights(seed_weights)
+        model.compile(tf.keras.optimizers.SGD(0.5), "mse")
+    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0, shuffle=False)
+    return {w.name: w.numpy() for w in model.weights}
+
+
+def test_two_replicas_normalize_with_the_global_batch(mirrored_strategy, rng):
+    # Skewed halves: per-replica statistics would differ from the global ones
+    # by far more than the tolerance.
+    x = rng.normal(size=(16, 4, 4, 3)).astype("float32")
+    x[8:] = x[8:] * 3 + 2
+    y = rng.normal(size=(16, 3)).astype("float32")
+    template = tf.keras.Sequential(
+        [
+            tf.keras.Input((4, 4, 3)),
+            tf.keras.layers.Conv2D(5, 3, padding="same", use_bias=False),
+            ShiftBatchNormalization(momentum=0.5),
+            tf.keras.layers.Flatten(),
+            tf.keras.layers.Dense(3),
+        ]
+    )
+    weights = template.get_weights()
+    one = _one_sgd_step(tf.distribute.OneDeviceStrategy("/cpu:0"), x, y, weights)
+    two = _one_sgd_step(mirrored_strategy, x, y, weights)
+    assert any("moving_variance" in name for name in one)
+    for (name, a), b in zip(one.items(), two.values()):
+        np.testing.assert_allclose(b, a, atol=1e-4, err_msg=name)
+    # and the step moved the weights (the comparison is not of untouched values)
+    assert not np.allclose(one[next(iter(one))], weights[0])
+
+
+def test_mixed_precision_inputs_keep_float32_statistics(rng):
+    layer = ShiftBatchNormalization(dtype="mixed_float16")
+    x = rng.normal(size=(8, 6)).astype("float16")
+    out = layer(x, training=True)
+    assert out.dtype == tf.float16 and layer.moving_mean.dtype == tf.float32
+    reference = ShiftBatchNormalization()
+    np.testing.assert_allclose(
+        out.numpy(), reference(x.astype("float32"), training=True).numpy(), atol=2e-2
+    )

@@ -117,6 +117,8 @@ def test_kill_minus_9_in_epoch_2_then_rerun_resumes(tmp_path):
         str(output),
         "--seed",
         "1",
+        "--save-every-steps",
+        "10",
     )
     process = subprocess.Popen(
         command, env=_subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -134,15 +136,24 @@ def test_kill_minus_9_in_epoch_2_then_rerun_resumes(tmp_path):
     assert not (output / "report.json").exists()
     finished = len(read_history(history))
     assert finished < 3
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(str(output / "checkpoints"))
+    saved_step = int(latest.rsplit("-", 1)[1])
+    steps_per_epoch = 2048 // 16
+    assert saved_step >= finished * steps_per_epoch
 
     rerun = subprocess.run(
         command, env=_subprocess_env(), capture_output=True, text=True, timeout=300
     )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert f"Resuming {output} after epoch {finished}" in rerun.stdout
+    # it resumes from the last step checkpoint: only the steps after it are lost
+    assert f"Resuming {output} after epoch {saved_step // steps_per_epoch}" in rerun.stdout
+    assert f"(global step {saved_step} of {3 * steps_per_epoch})" in rerun.stdout
     assert [int(r["epoch"]) for r in read_history(history)] == [0, 1, 2]
     report = json.loads((output / "report.json").read_text())
-    assert report["epochs"] == 3 and report["resumed_from_epoch"] == finished
+    assert report["epochs"] == 3 and report["resumed_from_step"] == saved_step
+    assert report["optimizer_steps"] == report["optimizer_iterations"] == 3 * steps_per_epoch
 
 
 def _free_port():

@@ -194,7 +194,7 @@ MODES = ["fp", "bwn", "xnor", "bnn", "larq"]
     [
         {"precision": "bfloat16"},
         {"precision": "float16"},
-        {"jit_compile": True},
+        {"jit_compile": True, "devices": ["/cpu:0"]},
         {"precision": "float16", "batch_norm": "shift"},
     ],
     ids=["bfloat16", "float16", "xla", "float16-shift-bn"],
@@ -208,8 +208,14 @@ def test_mixed_precision_and_xla_train_steps(tmp_path, mode, setting):
     assert report["optimizer_steps"] == 2
     model = tf.keras.models.load_model(tmp_path / "run" / "model.keras")
     if setting.get("precision") == "float16":
-        assert "LossScale" in type(model.optimizer).__name__
+        assert "LossScale" in report["optimizer_class"]
         assert any(layer.compute_dtype == "float16" for layer in model.layers)
+
+
+def test_xla_over_virtual_cpu_replicas_is_refused_before_writing(tmp_path):
+    with pytest.raises(ValueError, match="--jit-compile with several CPU replicas"):
+        training.train(config(tmp_path, jit_compile=True, devices=["/cpu:0", "/cpu:1"]))
+    assert not (tmp_path / "run").exists()
 
 
 def test_recipe_knobs_run_and_count_steps(tmp_path):

@@ -100,6 +100,7 @@ class ShiftBatchNormalization(tf.keras.layers.Layer):
                 initializer=self.gamma_initializer,
                 regularizer=self.gamma_regularizer,
                 constraint=self.gamma_constraint,
+                autocast=False,  # the layer computes in float32 (see call)
             )
             if self.scale
             else None
@@ -111,6 +112,7 @@ class ShiftBatchNormalization(tf.keras.layers.Layer):
                 initializer=self.beta_initializer,
                 regularizer=self.beta_regularizer,
                 constraint=self.beta_constraint,
+                autocast=False,
             )
             if self.center
             else None
@@ -120,6 +122,7 @@ class ShiftBatchNormalization(tf.keras.layers.Layer):
             trainable=False,
             synchronization=tf.VariableSynchronization.ON_READ,
             aggregation=tf.VariableAggregation.MEAN,
+            autocast=False,
         )
         self.moving_mean = self.add_weight(
             name="moving_mean", initializer=self.moving_mean_initializer, **moving

@@ -560,6 +560,14 @@ def train(config: TrainConfig, verbose=None) -> dict:
             f"--batch-size {config.batch_size} (the global batch) must divide by the "
             f"{replicas} replicas in sync; use a multiple of {replicas}."
         )
+    if config.jit_compile and replicas > 1 and all(
+        "CPU" in d.upper() for d in strategy.extended.worker_devices
+    ):
+        raise ValueError(
+            "--jit-compile with several CPU replicas: XLA cannot run one step over "
+            "TensorFlow's (virtual) CPU devices, each holding its own copy of the "
+            "variables. Use one device (--devices /cpu:0) or GPUs."
+        )
     chief = _is_chief(strategy)
     output = Path(config.output_dir)
     if not chief:  # other workers write to a private scratch folder
@@ -708,6 +716,7 @@ def train(config: TrainConfig, verbose=None) -> dict:
         "devices": list(strategy.extended.worker_devices),
         "replicas": replicas,
         "precision": config.precision,
+        "optimizer_class": type(model.optimizer).__name__,  # LossScaleOptimizer for float16
         "tensorflow": tf.__version__,
         "larq": lq.__version__,
         "config": asdict(config),
