@@ -251,3 +251,42 @@ def test_inference_bench_writes_json_and_its_table(tmp_path):
     assert g["binary"] > 0 and g["float"] > 0
     assert ceiling["binary_over_float"] == pytest.approx(g["binary"] / g["float"])
     assert f"×{ceiling['binary_over_float']:.1f}." in doc.read_text()
+
+
+def test_pipeline_bench_times_every_variant_and_renders(tmp_path):
+    from xnor_larq.benchmarks import pipeline, report
+
+    path = tmp_path / "pipeline.json"
+    result = pipeline.main(
+        ["--images", "8", "--height", "60", "--width", "80", "--image-size", "32",
+         "--batch-size", "4", "--repeats", "1", "--json", str(path)]
+    )
+    assert [r["variant"] for r in result["variants"]] == list(pipeline.VARIANTS)
+    by_name = {r["variant"]: r for r in result["variants"]}
+    # uint8 out is a quarter of float32's bytes
+    assert by_name["crop-window decode, uint8"]["bytes_per_image_out"] * 4 == (
+        by_name["full decode, float32"]["bytes_per_image_out"]
+    ) == 32 * 32 * 3 * 4
+    assert all(r["images_per_s_one_core"] > 0 for r in result["variants"])
+    text = report.render(tmp_path, tmp_path / "RESULTS.md")
+    assert "ImageNet input pipeline" in text and "crop-window decode, uint8" in text
+
+
+def test_throughput_bench_reports_per_replica_rates_and_scaling(tmp_path):
+    from xnor_larq.benchmarks import report, throughput
+
+    path = tmp_path / "throughput.json"
+    result = throughput.main(
+        ["--models", "small_cnn", "--modes", "fp", "xnor", "--steps", "2", "--warmup", "1",
+         "--repeats", "1", "--batch-per-replica", "8", "--json", str(path)]
+    )
+    assert result["devices"] == ["/cpu:0", "/cpu:1"]
+    xnor = next(r for r in result["rows"] if r["mode"] == "xnor")
+    assert xnor["cells"]["float32, N replicas"]["replicas"] == 2
+    assert "float32 + XLA, 1 replica" in xnor["cells"]
+    assert xnor["scaling_efficiency"] == pytest.approx(
+        xnor["cells"]["float32, N replicas"]["images_per_s_per_replica"]
+        / xnor["cells"]["float32, 1 replica"]["images_per_s_per_replica"]
+    )
+    text = report.render(tmp_path, tmp_path / "RESULTS.md")
+    assert "Training throughput" in text and "scaling efficiency" in text

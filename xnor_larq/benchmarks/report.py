@@ -2,7 +2,8 @@
 
 Every table and number in the document comes from the JSON files written by
 the benchmarks (``accuracy.json``, ``shift_bnn.json``, ``speed.json``,
-``size.json``, ``inference.json``) in the results folder; nothing is typed by hand::
+``size.json``, ``inference.json``, ``pipeline.json``, ``throughput.json``) in the
+results folder; nothing is typed by hand::
 
     python -m xnor_larq.benchmarks.report --results-dir docs/results --doc docs/RESULTS.md
 """
@@ -270,6 +271,75 @@ def _probe_section(results_dir, reference):
     return out + [""]
 
 
+def _pipeline_section(result):
+    settings = result["settings"]
+    out = [
+        "## ImageNet input pipeline (`xnor-larq bench pipeline`)",
+        "",
+        f"Training pipeline over {settings['images']} generated "
+        f"{settings['source_width']}×{settings['source_height']} JPEGs (median "
+        f"{settings['median_jpeg_bytes'] / 1024:.0f} KiB), random-resized crop to "
+        f"{settings['image_size']}, batch {settings['batch_size']}, median of "
+        f"{settings['repeats']} passes. Machine: {_machine(result)}.",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        f"| variant | images/s, one core | images/s, all cores | out per image | cores for "
+        f"{settings['gpu_images_per_s']:.0f} images/s |",
+        "|---|---|---|---|---|",
+    ]
+    for r in result["variants"]:
+        out.append(
+            f"| {r['variant']} | {r['images_per_s_one_core']:.0f} | "
+            f"{r['images_per_s_all_cores']:.0f} | {r['bytes_per_image_out'] / 1024:.0f} KiB | "
+            f"{r['cores_for_gpu_rate']:.1f} |"
+        )
+    out += [
+        "",
+        f"Crop-window decode with uint8 out against full decode with float32 out: "
+        f"×{result['speedup_per_core']:.2f} images/s per core, ×{result['bytes_ratio']:.0f} "
+        f"fewer bytes to the device. The GPU rate ({settings['gpu_images_per_s']:.0f} "
+        "images/s) is a stated assumption, not a measurement.",
+        "",
+    ]
+    return out
+
+
+def _throughput_section(result):
+    settings = list(result["rows"][0]["cells"]) if result["rows"] else []
+    out = [
+        "## Training throughput (`xnor-larq bench throughput`)",
+        "",
+        f"Images/s per replica, on {', '.join(result['devices'])}; batch "
+        f"{result['settings']['batch_per_replica']} per replica, median of "
+        f"{result['settings']['repeats']} windows of {result['settings']['steps']} steps. "
+        f"Machine: {_machine(result)}.",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+        "| model | mode | " + " | ".join(settings) + " | scaling efficiency |",
+        "|---|---|" + "---|" * len(settings) + "---|",
+    ]
+    for r in result["rows"]:
+        cost = r.get("cost_over_fp", {})
+        cells = " | ".join(
+            f"{r['cells'][s]['images_per_s_per_replica']:,.0f}"
+            + (f" (×{cost[s]:.2f} of fp's time)" if s in cost and r["mode"] != "fp" else "")
+            if s in r["cells"]
+            else "–"
+            for s in settings
+        )
+        out.append(f"| {r['model']} | {r['mode']} | {cells} | {r['scaling_efficiency']:.2f} |")
+    out += [
+        "",
+        "Scaling efficiency: images/s per replica with N replicas over that with one. "
+        "Virtual CPU replicas share the same cores, so on a CPU it measures the "
+        "distribution overhead, not added compute; on GPUs it is the real figure.",
+        "",
+    ]
+    return out
+
+
 def render(results_dir="docs/results", doc="docs/RESULTS.md"):
     """Write the results document from the JSON files; returns its text."""
     results_dir, doc = Path(results_dir), Path(doc)
@@ -348,6 +418,12 @@ def render(results_dir="docs/results", doc="docs/RESULTS.md"):
         ]
     if fast:
         out += _inference_section(fast)
+    pipeline = _load(results_dir, "pipeline")
+    if pipeline:
+        out += _pipeline_section(pipeline)
+    throughput = _load(results_dir, "throughput")
+    if throughput:
+        out += _throughput_section(throughput)
     if size:
         out += [
             "## Size",
