@@ -181,3 +181,25 @@ def test_crop_window_decode_matches_a_full_decode(tmp_path, rng):
         assert np.abs(window.numpy().astype(int) - full.numpy().astype(int)).mean() < 3
     png = tf.io.encode_png(rng.integers(0, 256, size=(30, 30, 3), dtype=np.uint8))
     assert imagenet.prepare_image(png, training=True, image_size=16, seed=seed).shape == (16, 16, 3)
+
+
+def test_imagenet_options_are_honoured_or_refused_by_name(tmp_path, rng):
+    write_image_folder(tmp_path, rng, classes=4, per_class=5, val_per_class=1, size=(8, 8))
+    subset = data.load_dataset("imagenet", data_dir=tmp_path, train_subset=12, image_size=8,
+                               batch_size=4)
+    assert subset.train_size == 12 and len(set(subset.train_source.labels)) > 1
+    plain = data.load_dataset("imagenet", data_dir=tmp_path, augment="none", image_size=8,
+                              batch_size=4)
+    first = [b[0].numpy() for b in pipeline.training_dataset(
+        plain.train_source, global_batch=4, steps_per_epoch=5, epochs=1, uint8=True)]
+    again = [b[0].numpy() for b in pipeline.training_dataset(
+        plain.train_source, global_batch=4, steps_per_epoch=5, epochs=1, seed=9, uint8=True)]
+    # no augmentation: the same images (in another order) whatever the seed
+    assert sorted(x.tobytes() for b in first for x in b) == sorted(
+        x.tobytes() for b in again for x in b)
+    with pytest.raises(ValueError, match="--augment 'shift' is not an ImageNet augmentation"):
+        data.load_dataset("imagenet", data_dir=tmp_path, augment="shift")
+    with pytest.raises(ValueError, match="--augment inception is ImageNet's"):
+        data.load_dataset("synthetic", augment="inception")
+    with pytest.raises(ValueError, match="--train-size is for TFRecord shards"):
+        data.load_dataset("imagenet", data_dir=tmp_path, train_size=10)

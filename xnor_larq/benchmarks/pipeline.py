@@ -3,7 +3,8 @@ crop-window decode and the uint8 transfer.
 
 Writes ImageNet-like JPEGs (``--images`` of ``--height``×``--width``, the
 median ImageNet training image is about 500×375) into a temporary class-folder
-tree and times one pass of the training pipeline over them, on one core
+tree and times passes of the training pipeline over them (the variants in
+turn, ``--repeats`` rounds, medians), on one core
 (tf.data's private thread pool of one thread, one intra-op thread) and on all
 cores, for four variants:
 
@@ -59,7 +60,7 @@ def write_images(root: Path, images: int, classes: int, height: int, width: int,
         (folder / f"img_{i}.JPEG").write_bytes(tf.io.encode_jpeg(image, quality=90).numpy())
 
 
-def time_variant(paths, labels, *, image_size, batch_size, full_decode, uint8, threads, repeats):
+def build_variant(paths, labels, *, image_size, batch_size, full_decode, uint8, threads):
     import tensorflow as tf
 
     from xnor_larq.data import imagenet, pipeline
@@ -76,15 +77,17 @@ def time_variant(paths, labels, *, image_size, batch_size, full_decode, uint8, t
     dataset = dataset.with_options(options)
     for _ in dataset.take(1):  # warm-up: traces, opens files
         pass
-    rates, item_bytes = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        count = 0
-        for images, _labels in dataset:
-            count += int(images.shape[0])
-            item_bytes = int(np.prod(images.shape[1:])) * images.dtype.size
-        rates.append(count / (time.perf_counter() - start))
-    return statistics.median(rates), item_bytes
+    return dataset
+
+
+def time_pass(dataset):
+    """(images/s, bytes of one output image) of one pass over ``dataset``."""
+    start = time.perf_counter()
+    count, item_bytes = 0, None
+    for images, _labels in dataset:
+        count += int(images.shape[0])
+        item_bytes = int(np.prod(images.shape[1:])) * images.dtype.size
+    return count / (time.perf_counter() - start), item_bytes
 
 
 def main(argv=None):
@@ -95,7 +98,7 @@ def main(argv=None):
     parser.add_argument("--width", type=int, default=500)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
         "--gpu-images-per-s",
         type=float,
@@ -116,29 +119,38 @@ def main(argv=None):
         write_images(root, args.images, args.classes, args.height, args.width)
         paths, labels, _ = imagenet.list_image_folder(root / "train")
         jpeg_bytes = statistics.median(os.path.getsize(p) for p in paths)
+        common = dict(image_size=args.image_size, batch_size=args.batch_size)
+        cells = [(name, threads) for name in VARIANTS for threads in (1, None)]
+        datasets = {
+            cell: build_variant(paths, labels, threads=cell[1], **common, **VARIANTS[cell[0]])
+            for cell in cells
+        }
+        # Round-robin over the variants, repeat by repeat: a slow period of this
+        # shared machine then costs every variant alike.
+        rates = {cell: [] for cell in cells}
+        item_bytes = {}
+        for _ in range(args.repeats):
+            for cell in cells:
+                rate, item_bytes[cell[0]] = time_pass(datasets[cell])
+                rates[cell].append(rate)
         rows = []
         for name, variant in VARIANTS.items():
-            per_core, item_bytes = time_variant(
-                paths, labels, image_size=args.image_size, batch_size=args.batch_size,
-                threads=1, repeats=args.repeats, **variant,
-            )
-            all_cores, _ = time_variant(
-                paths, labels, image_size=args.image_size, batch_size=args.batch_size,
-                threads=None, repeats=args.repeats, **variant,
-            )
+            per_core = statistics.median(rates[(name, 1)])
+            all_cores = statistics.median(rates[(name, None)])
             rows.append(
                 {
                     "variant": name,
                     **variant,
                     "images_per_s_one_core": per_core,
                     "images_per_s_all_cores": all_cores,
-                    "bytes_per_image_out": item_bytes,
+                    "one_core_runs": rates[(name, 1)],
+                    "bytes_per_image_out": item_bytes[name],
                     "cores_for_gpu_rate": args.gpu_images_per_s / per_core,
                 }
             )
             print(
                 f"{name:30s} {per_core:8.1f} img/s on one core, {all_cores:8.1f} on "
-                f"{os.cpu_count()} cores, {item_bytes / 1024:.0f} KiB/image out, "
+                f"{os.cpu_count()} cores, {item_bytes[name] / 1024:.0f} KiB/image out, "
                 f"{args.gpu_images_per_s / per_core:.1f} cores for "
                 f"{args.gpu_images_per_s:.0f} img/s"
             )
