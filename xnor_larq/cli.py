@@ -338,10 +338,27 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, DatasetNotFoundError, CorruptDataError, FileNotFoundError) as error:
-        print(f"xnor-larq {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, TypeError, DatasetNotFoundError, CorruptDataError, OSError) as error:
+        # Expected failures (bad flags, files, folders): one line and exit 2. OSError
+        # covers missing, unreadable and unwritable paths.
+        print(f"xnor-larq {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except Exception as error:
+        from xnor_larq.data.errors import BAD_DATA
+
+        if BAD_DATA in str(error):  # raised inside a tf.data pipeline (labels, images)
+            message = str(error)[str(error).index(BAD_DATA) :].splitlines()[0]
+            print(f"xnor-larq {args.command}: error: {message}", file=sys.stderr)
+            return 2
+        raise
     return 0
+
+
+def _one_line(error) -> str:
+    text = str(error)
+    if isinstance(error, OSError) and error.filename and str(error.filename) not in text:
+        text = f"{error.filename}: {text}"
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ models built for 64×64 inputs do, in their last stages.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,8 +241,14 @@ def export_tflite(
     output = Path(output)
     if output.suffix != ".tflite":
         raise ValueError(f"--output must end in .tflite. Received: {output}")
+    if output.is_dir():
+        raise IsADirectoryError(
+            f"--output {output} is a folder; give a file path ending in .tflite"
+        )
     if not output.parent.is_dir():
         raise FileNotFoundError(f"folder {output.parent} for --output does not exist")
+    if not os.access(output.parent, os.W_OK):
+        raise PermissionError(f"--output {output}: folder {output.parent} is not writable")
     exportable = lce_compatible(keras_model)
     flatbuffer = lce.convert_keras_model(exportable)
     float_flatbuffer = (
@@ -263,8 +270,11 @@ def export_tflite(
             f"agreement {agreement:.1%}); nothing was written to {output}."
         )
     tmp = output.with_name(output.name + ".tmp")
-    tmp.write_bytes(flatbuffer)
-    tmp.replace(output)
+    try:
+        tmp.write_bytes(flatbuffer)
+        tmp.replace(output)
+    finally:
+        tmp.unlink(missing_ok=True)
     return ExportReport(
         str(output),
         len(flatbuffer),

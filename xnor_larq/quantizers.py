@@ -45,6 +45,17 @@ def _check_clip_value(clip_value):
         )
 
 
+def _check_float(x, name):
+    """Quantizers binarize real values: integer or boolean tensors are refused."""
+    x = tf.convert_to_tensor(x)
+    if not x.dtype.is_floating:
+        raise TypeError(
+            f"{name} needs floating-point inputs. Received: dtype={x.dtype.name}. Cast "
+            "first, e.g. `tf.cast(x, 'float32')`, or add a Rescaling layer."
+        )
+    return x
+
+
 def _straight_through_mask(x, clip_value):
     """1[|x| <= clip_value] in x's dtype (all ones without clipping)."""
     if clip_value is None:
@@ -87,7 +98,7 @@ def scaled_sign(
     """
     _check_backward(backward)
     _check_clip_value(clip_value)
-    x = tf.convert_to_tensor(x)
+    x = _check_float(x, "scaled_sign")
     axes = _alpha_axes(x.shape.rank, per_channel)
 
     @tf.custom_gradient
@@ -120,6 +131,7 @@ def stochastic_sign(
     class switches to the deterministic sign at inference.
     """
     _check_clip_value(clip_value)
+    x = _check_float(x, "stochastic_sign")
 
     @tf.custom_gradient
     def _call(x):
@@ -137,6 +149,8 @@ def stochastic_sign(
 
 
 def _deterministic_sign(x, clip_value):
+    x = _check_float(x, "StochasticSign")
+
     @tf.custom_gradient
     def _call(x):
         def grad(dy):

@@ -26,6 +26,7 @@ import inspect
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -214,6 +215,11 @@ class TrainConfig:
             f"--bn-momentum must be in [0, 1). Received: {self.bn_momentum!r}",
         )
         builder = get_builder(self.model)  # unknown model: lists the choices
+        minimum = MIN_WIDTH.get(self.model, 1)
+        check(
+            self.width is None or self.width >= minimum,
+            f"--width must be at least {minimum} for {self.model}. Received: {self.width}",
+        )
         for option in ("width", "bn_momentum"):
             if getattr(self, option) is not None and not _takes(builder, option):
                 with_it = [n for n, b in BUILDERS.items() if _takes(b, option)]
@@ -222,6 +228,53 @@ class TrainConfig:
                     f"{flag} is not an option of model {self.model!r}; the models that "
                     f"take it are {', '.join(with_it)}"
                 )
+
+
+#: Smallest --width each builder can build (small_cnn's float stem has width/2 filters).
+MIN_WIDTH = {"small_cnn": 2}
+
+
+def check_paths(config: TrainConfig):
+    """The output folder can be made and written, and --weights exists: checked
+    before any data is loaded or anything is written."""
+    output = Path(config.output_dir)
+    if output.exists() and not output.is_dir():
+        raise NotADirectoryError(
+            f"--output-dir {output} is a file, not a folder; choose another path"
+        )
+    parent = output
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(
+            f"--output-dir {output}: {parent} is a file, so no folder can be made under it"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"--output-dir {output}: {parent} is not writable; choose a folder you can write to"
+        )
+    if config.weights and not Path(config.weights).is_file():
+        raise FileNotFoundError(f"--weights {config.weights} not found (or not a file)")
+
+
+def check_devices(devices):
+    """Every --devices entry names a device TensorFlow sees here."""
+    if not devices:
+        return
+    visible = tf.config.list_logical_devices()
+    known = {
+        (tf.DeviceSpec.from_string(d.name).device_type, tf.DeviceSpec.from_string(d.name).device_index)
+        for d in visible
+    }
+    for name in devices:
+        try:
+            spec = tf.DeviceSpec.from_string(name)
+        except ValueError as error:
+            raise ValueError(f"--devices {name!r} is not a device name like /gpu:0 ({error})")
+        key = ((spec.device_type or "").upper(), spec.device_index or 0)
+        if key not in known:
+            shown = ", ".join(f"/{t.lower()}:{i}" for t, i in sorted(known))
+            raise ValueError(f"--devices: {name} is not a device here. Visible: {shown}")
 
 
 def _takes(builder, option) -> bool:
@@ -459,6 +512,27 @@ def _check_resumable(config: TrainConfig, path: Path):
         )
 
 
+def _restore_latest_readable(checkpoint, manager):
+    """Restore the newest checkpoint that reads back; warn about each one that does not
+    (a truncated file after a crash), and stop if none does."""
+    for path in reversed(manager.checkpoints):
+        try:
+            checkpoint.restore(path).expect_partial()
+            return path
+        except (tf.errors.OpError, ValueError, IndexError, OSError) as error:
+            print(
+                f"warning: checkpoint {path} cannot be read ({type(error).__name__}: "
+                f"{str(error).strip().splitlines()[0][:160]}); trying the one before it",
+                file=sys.stderr,
+            )
+    if manager.checkpoints:
+        raise ValueError(
+            f"no checkpoint in {manager.directory} can be read ({', '.join(manager.checkpoints)}); "
+            "delete that folder to start the run over"
+        )
+    return None
+
+
 def _check_plan(plan: dict, path: Path, output_dir):
     if not path.exists():
         return
@@ -498,7 +572,13 @@ def build_model(config: TrainConfig, num_classes, input_shape, input_normalizati
             kwargs["bn_momentum"] = config.bn_momentum
     model = builder(**kwargs)
     if config.weights and not config.model.startswith("zoo:"):
-        model.load_weights(config.weights)
+        try:
+            model.load_weights(config.weights)
+        except (OSError, ValueError, KeyError, IndexError) as error:
+            raise ValueError(
+                f"--weights {config.weights}: not weights this model can load ({error}). "
+                "Give a .keras, .h5 or checkpoint file saved from the same model and settings."
+            ) from error
     return model
 
 
@@ -549,9 +629,42 @@ def plan_steps(config: TrainConfig, train_size: int) -> dict:
     }
 
 
+#: How many global batches past the last finished step a decode error is looked
+#: for in (tf.data prefetches and decodes ahead of the step in progress).
+_SCAN_BATCHES = 64
+
+
+def _named_data_error(error, spec, config, iterations, steps_per_epoch):
+    """A TensorFlow decode error, with the file that caused it where it can be found."""
+    message = str(error)
+    if data_lib.errors.BAD_DATA in message:
+        return error
+    paths = getattr(spec.train_source, "paths", None)
+    if paths is None:
+        return error
+    from .data.imagenet import find_undecodable
+
+    step = int(iterations.numpy())
+    epoch, row = divmod(step, steps_per_epoch)
+    order = tf.random.experimental.stateless_shuffle(
+        tf.range(spec.train_size, dtype=tf.int64), seed=tf.constant([config.seed, epoch], tf.int64)
+    ).numpy()
+    window = order[row * config.batch_size : (row + _SCAN_BATCHES) * config.batch_size]
+    candidates = [paths[i] for i in window] + list(getattr(spec.test_source, "paths", []))
+    bad = find_undecodable(candidates, limit=50_000)
+    if bad is None:
+        return error
+    return data_lib.CorruptDataError(
+        f"{data_lib.errors.BAD_DATA} {bad} cannot be decoded as an image (TensorFlow: "
+        f"{message.strip().splitlines()[0][:200]}); remove or replace it"
+    )
+
+
 def train(config: TrainConfig, verbose=None) -> dict:
     """Train (or resume) the run described by ``config``; return its report."""
     config.validate()
+    check_paths(config)
+    check_devices(config.devices)
     tf.keras.utils.set_random_seed(config.seed)
     strategy = make_strategy(config.strategy, config.devices)
     replicas = strategy.num_replicas_in_sync
@@ -626,8 +739,7 @@ def train(config: TrainConfig, verbose=None) -> dict:
     write_json(output / "plan.json", plan)
 
     manager = tf.train.CheckpointManager(checkpoint, str(output / "checkpoints"), max_to_keep=2)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).expect_partial()
+    _restore_latest_readable(checkpoint, manager)
     resumed_step = int(step_variable.numpy())
     initial_epoch, step_in_epoch = divmod(resumed_step, steps_per_epoch)
     if resumed_step:
@@ -677,24 +789,29 @@ def train(config: TrainConfig, verbose=None) -> dict:
         verbose=verbose,
     )
     start = time.perf_counter()
-    if step_in_epoch:  # the rest of the interrupted epoch, from the very next batch
-        model.fit(
-            train_data(resumed_step, initial_epoch + 1),
-            epochs=initial_epoch + 1,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=steps_per_epoch - step_in_epoch,
-            **fit,
-        )
-        initial_epoch += 1
-        callbacks[0].initial_epoch = initial_epoch
-    if initial_epoch < config.epochs:
-        model.fit(
-            train_data(initial_epoch * steps_per_epoch, config.epochs),
-            epochs=config.epochs,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=steps_per_epoch,
-            **fit,
-        )
+    try:
+        if step_in_epoch:  # the rest of the interrupted epoch, from the very next batch
+            model.fit(
+                train_data(resumed_step, initial_epoch + 1),
+                epochs=initial_epoch + 1,
+                initial_epoch=initial_epoch,
+                steps_per_epoch=steps_per_epoch - step_in_epoch,
+                **fit,
+            )
+            initial_epoch += 1
+            callbacks[0].initial_epoch = initial_epoch
+        if initial_epoch < config.epochs:
+            model.fit(
+                train_data(initial_epoch * steps_per_epoch, config.epochs),
+                epochs=config.epochs,
+                initial_epoch=initial_epoch,
+                steps_per_epoch=steps_per_epoch,
+                **fit,
+            )
+    except tf.errors.InvalidArgumentError as error:
+        raise _named_data_error(
+            error, spec, config, model.optimizer.iterations, steps_per_epoch
+        ) from error
     wall_time = time.perf_counter() - start
     results = model.evaluate(eval_data, steps=eval_steps, verbose=0, return_dict=True)
 
@@ -730,9 +847,15 @@ def train(config: TrainConfig, verbose=None) -> dict:
 
 def evaluate(model_path, config: TrainConfig) -> dict:
     """Test accuracy of a saved model on ``config.dataset``'s test split."""
-    if not Path(model_path).exists():
-        raise FileNotFoundError(f"model file {model_path} not found")
-    model = tf.keras.models.load_model(model_path)
+    if not Path(model_path).is_file():
+        raise FileNotFoundError(f"model file {model_path} not found (or not a file)")
+    try:
+        model = tf.keras.models.load_model(model_path)
+    except Exception as error:  # Keras raises many types for a bad file
+        raise ValueError(
+            f"{model_path}: not a Keras model file that can be loaded ({type(error).__name__}: "
+            f"{str(error).strip().splitlines()[0][:200]})"
+        ) from error
     spec = data_lib.load_dataset(
         config.dataset,
         data_dir=config.data_dir,

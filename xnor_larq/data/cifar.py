@@ -87,7 +87,7 @@ def read_batch(path) -> dict:
     return batch
 
 
-def _split(directory: Path, files, label_key):
+def _split(directory: Path, files, label_key, classes):
     images, labels = [], []
     for name in files:
         path = directory / name
@@ -102,6 +102,13 @@ def _split(directory: Path, files, label_key):
             )
         if len(batch_labels) != len(data):
             raise CorruptDataError(f"{path}: {len(data)} images but {len(batch_labels)} labels")
+        bad = (batch_labels < 0) | (batch_labels >= classes)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise CorruptDataError(
+                f"{path}: label {int(batch_labels[first])} at index {first} is outside "
+                f"0..{classes - 1} ({int(bad.sum())} such labels)"
+            )
         # Stored as channel planes (n, 3, 32, 32); Keras and we want NHWC.
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(batch_labels)
@@ -130,8 +137,9 @@ def load_cifar(name: str = "cifar10", data_dir=None):
     layout = _LAYOUT[name]
     for directory in candidate_dirs(name, data_dir):
         if all((directory / f).is_file() for f in layout["train"] + layout["test"]):
-            train = _split(directory, layout["train"], layout["label_key"])
-            test = _split(directory, layout["test"], layout["label_key"])
+            common = (layout["label_key"], layout["classes"])
+            train = _split(directory, layout["train"], *common)
+            test = _split(directory, layout["test"], *common)
             return train, test
     searched = ", ".join(str(d) for d in candidate_dirs(name, data_dir))
     raise DatasetNotFoundError(

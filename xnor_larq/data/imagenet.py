@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from .errors import CorruptDataError, DatasetNotFoundError
+from .errors import BAD_DATA, CorruptDataError, DatasetNotFoundError
 from .pipeline import InputLayout, Source, element_seed, evaluation_dataset, training_dataset
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
@@ -88,6 +88,41 @@ def _center_window(crop_fraction=0.875):
     return window
 
 
+def _checked_image(encoded, name):
+    """``encoded`` once its header says JPEG, PNG, GIF or BMP; else an error naming it."""
+    ok = (
+        tf.io.is_jpeg(encoded)
+        | tf.equal(tf.strings.substr(encoded, 0, 4), b"\x89PNG")
+        | tf.equal(tf.strings.substr(encoded, 0, 3), b"GIF")
+        | tf.equal(tf.strings.substr(encoded, 0, 2), b"BM")
+    )
+    check = tf.debugging.Assert(
+        ok, [f"{BAD_DATA} not a JPEG, PNG, GIF or BMP image (remove or replace it):", name]
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(encoded)
+
+
+def _checked_label(label, num_classes, name):
+    check = tf.debugging.Assert(
+        (label >= 0) & (label < num_classes),
+        [f"{BAD_DATA} a label outside 0..{num_classes - 1} (after the label offset) in", name,
+         "label:", label],
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(label)
+
+
+def find_undecodable(paths, *, limit=None):
+    """The first of ``paths`` that TensorFlow cannot decode as an image, or None."""
+    for path in paths[:limit]:
+        try:
+            tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError):
+            return path
+    return None
+
+
 def _to_uint8(image):
     return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
@@ -126,11 +161,20 @@ def list_image_folder(split_dir, class_names=None):
         raise ValueError(f"{split_dir}: class folders not in the training set: {sorted(unknown)}")
     index = {name: i for i, name in enumerate(class_names)}
     paths, labels = [], []
+    empty = []
     for name in found:
-        for path in sorted((split_dir / name).iterdir()):
-            if path.suffix.lower() in IMAGE_EXTENSIONS:
-                paths.append(str(path))
-                labels.append(index[name])
+        images = [p for p in sorted((split_dir / name).iterdir())
+                  if p.suffix.lower() in IMAGE_EXTENSIONS]
+        if not images:
+            empty.append(name)
+        paths += [str(p) for p in images]
+        labels += [index[name]] * len(images)
+    if empty and paths:
+        raise CorruptDataError(
+            f"{split_dir}: class folder(s) {', '.join(empty[:5])}"
+            f"{' ...' if len(empty) > 5 else ''} hold no images ({', '.join(IMAGE_EXTENSIONS)}); "
+            "remove them or add their images"
+        )
     if not paths:
         raise DatasetNotFoundError(
             f"{split_dir}: no images found (expected {split_dir}/<class>/*.JPEG)"
@@ -151,7 +195,8 @@ def folder_source(paths, labels, *, image_size, augment="inception", full_decode
     labels_tensor = tf.constant(labels)
 
     def load(index):
-        return tf.io.read_file(tf.gather(paths_tensor, index)), tf.gather(labels_tensor, index)
+        path = tf.gather(paths_tensor, index)
+        return _checked_image(tf.io.read_file(path), path), tf.gather(labels_tensor, index)
 
     def prepare(encoded, training, seed):
         return prepare_image(
@@ -163,7 +208,7 @@ def folder_source(paths, labels, *, image_size, augment="inception", full_decode
             full_decode=full_decode,
         )
 
-    return Source(
+    source = Source(
         size=len(labels),
         labels=labels,
         load=load,
@@ -173,6 +218,8 @@ def folder_source(paths, labels, *, image_size, augment="inception", full_decode
         std=STD,
         description=description,
     )
+    source.paths = list(paths)  # for naming a file that fails to decode
+    return source
 
 
 def image_folder_dataset(
@@ -291,6 +338,7 @@ class TFRecordShards:
         self.size = int(size) if size is not None else sum(self.counts)
         self.image_size = image_size
         self.label_offset = label_offset
+        self.num_classes = 1000
         self.augment = augment
         self.image_shape = (image_size, image_size, 3)
         self.mean, self.std = MEAN, STD
@@ -299,9 +347,10 @@ class TFRecordShards:
         return (tf.cast(image, tf.float32) - self.mean) / self.std
 
     def _records(self, files, layout, shard_records):
+        """``(record, shard name)`` pairs, interleaved in order."""
         dataset = tf.data.Dataset.from_tensor_slices(files)
         dataset = dataset.interleave(
-            tf.data.TFRecordDataset,
+            lambda name: tf.data.TFRecordDataset(name).map(lambda record: (record, name)),
             cycle_length=min(len(self.files), 8),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
@@ -309,6 +358,10 @@ class TFRecordShards:
         if shard_records:
             dataset = dataset.shard(layout.num_pipelines, layout.pipeline_id)
         return dataset
+
+    def _parse(self, record, shard):
+        encoded, label = parse_example(record, self.label_offset)
+        return _checked_image(encoded, shard), _checked_label(label, self.num_classes, shard)
 
     def _file_sharding(self, layout, needed):
         """Whether each pipeline's own shards hold ``needed`` records."""
@@ -352,7 +405,8 @@ class TFRecordShards:
             )
 
         def element(record, position, epoch):
-            encoded, label = parse_example(record, self.label_offset)
+            record, shard = record
+            encoded, label = self._parse(record, shard)
             key = position * layout.num_pipelines + layout.pipeline_id
             image = prepare_image(
                 encoded,
@@ -384,7 +438,8 @@ class TFRecordShards:
         ) if steps * per_pipeline > mine else records
 
         def element(record, weight):
-            encoded, label = parse_example(record, self.label_offset)
+            record, shard = record
+            encoded, label = self._parse(record, shard)
             image = prepare_image(encoded, training=False, image_size=self.image_size)
             return _output(self, image, label, uint8, weight)
 
@@ -394,9 +449,12 @@ class TFRecordShards:
 
 
 def _shuffled(chunk, seed):
-    """The records of one chunk in a stateless random order."""
-    order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(chunk)[0]), seed=seed)
-    return tf.data.Dataset.from_tensor_slices(tf.gather(chunk, order))
+    """The records of one chunk (a structure of tensors) in a stateless random order."""
+    first = tf.nest.flatten(chunk)[0]
+    order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(first)[0]), seed=seed)
+    return tf.data.Dataset.from_tensor_slices(
+        tf.nest.map_structure(lambda t: tf.gather(t, order), chunk)
+    )
 
 
 def _output(source, image, label, uint8, *extra):

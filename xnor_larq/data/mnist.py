@@ -22,6 +22,7 @@ FILES = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 
+NUM_CLASSES = 10
 _KERAS_CACHE = {"fashion_mnist": "fashion-mnist", "mnist": "mnist"}
 _SYSTEM_DIRS = {"fashion_mnist": ["/usr/share/datasets/fashion-mnist"], "mnist": []}
 _HOW_TO_GET = {
@@ -98,6 +99,14 @@ def load_idx_dataset(name: str = "fashion_mnist", data_dir=None, download: bool 
                 raise CorruptDataError(
                     f"{directory / images_file} and {directory / labels_file}: expected "
                     f"(n, h, w) images and n labels, got {images.shape} and {labels.shape}"
+                )
+            bad = (labels < 0) | (labels >= NUM_CLASSES)
+            if bad.any():
+                first = int(np.flatnonzero(bad)[0])
+                raise CorruptDataError(
+                    f"{directory / labels_file}: label {int(labels[first])} at index {first} is "
+                    f"outside 0..{NUM_CLASSES - 1} ({int(bad.sum())} such labels); the file is "
+                    "corrupt or of another dataset"
                 )
             splits.append((images, labels))
         return tuple(splits)
