@@ -729,6 +729,8 @@ class CompiledModel:
         self.fallback_layers = fallback_layers
         self._plans = _Plans()
         self._plannable = any(hasattr(step.run, "compiled_call") for step in steps)
+        #: Per-sample shape of each input (None: any size), from the Keras model.
+        self.input_shapes = None
 
     @property
     def steps(self) -> tuple:
@@ -759,7 +761,21 @@ class CompiledModel:
             raise ValueError(
                 f"model '{self.name}' takes {len(self._input_ids)} inputs. Received: {len(inputs)}"
             )
+        self._check_inputs(inputs)
         total = inputs[0].shape[0]
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            raise ValueError(
+                f"`batch_size` must be a positive integer or None. Received: batch_size={batch_size!r}"
+            )
+        # Non-finite samples (NaN, inf) give NaN outputs, as Keras's float ops do; the
+        # kernels see zeros there (fastmath code has no NaN semantics).
+        bad = np.zeros(total, bool)
+        for v in inputs:
+            bad |= ~np.isfinite(v.reshape(total, -1)).all(axis=1)
+        if bad.any():
+            inputs = [np.where(np.isfinite(v), v, np.float32(0)) for v in inputs]
         batch_size = batch_size or total
         chunks = [
             self._run([v[start : start + batch_size] for v in inputs])
@@ -769,7 +785,39 @@ class CompiledModel:
             outputs = chunks[0]
         else:
             outputs = [np.concatenate(parts) for parts in zip(*chunks)]
+        if bad.any():
+            outputs = [np.array(o, copy=True) for o in outputs]
+            for o in outputs:
+                o[bad] = np.nan
         return outputs[0] if len(outputs) == 1 else outputs
+
+    def _check_inputs(self, inputs):
+        """Rank, per-sample shape (against the model's input) and batch size, before
+        any kernel runs."""
+        expected = self.input_shapes or [None] * len(inputs)
+        for index, (value, shape) in enumerate(zip(inputs, expected)):
+            which = f"input {index} of model '{self.name}'" if len(inputs) > 1 else (
+                f"the input of model '{self.name}'"
+            )
+            if shape is not None:
+                wanted = "(batch, " + ", ".join("any" if d is None else str(d) for d in shape) + ")"
+                if value.ndim != len(shape) + 1 or any(
+                    d is not None and d != got for d, got in zip(shape, value.shape[1:])
+                ):
+                    raise ValueError(
+                        f"{which} must have shape {wanted}. Received: shape {value.shape}"
+                        + (" (a single sample needs a batch axis: x[None])"
+                           if value.ndim == len(shape) else "")
+                    )
+            elif value.ndim < 1:
+                raise ValueError(f"{which} must have a batch axis. Received: a scalar")
+            if value.shape[0] == 0:
+                raise ValueError(f"{which} is an empty batch (shape {value.shape})")
+        if len({v.shape[0] for v in inputs}) > 1:
+            raise ValueError(
+                f"the inputs of model '{self.name}' must share the batch size. Received: "
+                f"{[v.shape[0] for v in inputs]}"
+            )
 
     __call__ = predict
 
@@ -935,7 +983,7 @@ def compile(
         steps.append(_Step(layer.name, inputs, output_id, run, tuple(folded)))
         if binary is None:
             producers[output_id] = (steps[-1], layer)
-    return CompiledModel(
+    compiled = CompiledModel(
         model.name,
         steps,
         _tensor_ids(model.inputs),
@@ -945,3 +993,5 @@ def compile(
         buffers,
         threads,
     )
+    compiled.input_shapes = [tuple(t.shape[1:]) for t in model.inputs]
+    return compiled
