@@ -346,8 +346,10 @@ def main(argv=None):
     except Exception as error:
         from xnor_larq.data.errors import BAD_DATA
 
-        if BAD_DATA in str(error):  # raised inside a tf.data pipeline (labels, images)
-            message = str(error)[str(error).index(BAD_DATA) :].splitlines()[0]
+        marker = f"[{BAD_DATA}"  # how tf.debugging.Assert prints our pipeline checks
+        if marker in str(error):  # raised inside a tf.data pipeline (labels, images)
+            text = str(error)
+            message = text[text.index(marker) + 1 :].splitlines()[0]
             print(f"xnor-larq {args.command}: error: {message}", file=sys.stderr)
             return 2
         raise

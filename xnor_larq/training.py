@@ -637,7 +637,7 @@ _SCAN_BATCHES = 64
 def _named_data_error(error, spec, config, iterations, steps_per_epoch):
     """A TensorFlow decode error, with the file that caused it where it can be found."""
     message = str(error)
-    if data_lib.errors.BAD_DATA in message:
+    if f"[{data_lib.errors.BAD_DATA}" in message:  # one of our pipeline checks: named already
         return error
     paths = getattr(spec.train_source, "paths", None)
     if paths is None:
@@ -651,6 +651,9 @@ def _named_data_error(error, spec, config, iterations, steps_per_epoch):
     ).numpy()
     window = order[row * config.batch_size : (row + _SCAN_BATCHES) * config.batch_size]
     candidates = [paths[i] for i in window] + list(getattr(spec.test_source, "paths", []))
+    # the window first (where the error most likely is), then the rest, within a budget
+    seen = set(candidates)
+    candidates += [p for p in paths if p not in seen]
     bad = find_undecodable(candidates, limit=50_000)
     if bad is None:
         return error
