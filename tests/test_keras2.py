@@ -42,3 +42,19 @@ def test_keras3_gives_an_import_error_that_says_what_to_do(code, env):
     assert result.returncode != 0
     assert "ImportError" in result.stderr
     assert "TF_USE_LEGACY_KERAS=1" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "code,cause",
+    [
+        ("import keras; import xnor_larq", "use `tf.keras`"),
+        ("import tensorflow; import xnor_larq", "TensorFlow or Keras"),
+        ("import xnor_larq", "asks TensorFlow for Keras 3"),
+    ],
+    ids=["keras first", "tensorflow first", "variable 0"],
+)
+def test_the_import_error_names_the_real_cause(code, cause):
+    env = {"TF_USE_LEGACY_KERAS": "0"} if code == "import xnor_larq" else {}
+    result = run_python(code, **env)
+    assert result.returncode != 0
+    assert cause in result.stderr, result.stderr[-2000:]

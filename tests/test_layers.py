@@ -1,4 +1,4 @@
-"""Scaled layers against float references and a numpy K (SPEC.md §3)."""
+"""Scaled layers against float references and a numpy K (docs/MATH.md §3)."""
 
 import itertools
 

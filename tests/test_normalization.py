@@ -1,4 +1,4 @@
-"""ShiftBatchNormalization against a numpy re-computation of SPEC.md §5."""
+"""ShiftBatchNormalization against a numpy re-computation of docs/MATH.md §5."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""ShiftAdaMax against a numpy re-computation of SPEC.md §5."""
+"""ShiftAdaMax against a numpy re-computation of docs/MATH.md §5."""
 
 import larq as lq
 import numpy as np

@@ -1,4 +1,4 @@
-"""Quantizers against numpy re-computations of SPEC.md §1–2."""
+"""Quantizers against numpy re-computations of docs/MATH.md §1–2."""
 
 import larq as lq
 import numpy as np
@@ -13,7 +13,7 @@ def np_sign(x):
 
 
 def np_scaled_sign_reference(w, g, per_channel, backward, clip_value):
-    """(forward, gradient) of SPEC.md §1, written out with numpy."""
+    """(forward, gradient) of docs/MATH.md §1, written out with numpy."""
     axes = tuple(range(w.ndim - 1)) if per_channel else tuple(range(w.ndim))
     n = np.prod([w.shape[a] for a in axes])
     alpha = np.abs(w).mean(axis=axes, keepdims=True)

@@ -32,20 +32,46 @@ def ensure_legacy_keras() -> None:
     # TensorFlow reads the variable once, at its own import; Larq then needs both
     # `tf.keras` and the `tensorflow.keras` module path to point at tf-keras.
     if tf is not None and not tf.__dict__.get("_tf_uses_legacy_keras", False):
-        raise ImportError(
-            "TensorFlow was imported before xnor_larq without TF_USE_LEGACY_KERAS=1, "
-            f"so it serves Keras 3. {_HOW_TO_FIX}"
+        raise ImportError(f"{_first_import_culprit()} {_HOW_TO_FIX}")
+
+
+def _first_import_culprit() -> str:
+    """Which earlier import loaded TensorFlow with Keras 3, in words."""
+    keras = sys.modules.get("keras")
+    version = getattr(keras, "__version__", "") if keras is not None else ""
+    if version.startswith("3"):
+        # `import tensorflow` loads Keras 3 too, so either import may have come first.
+        return (
+            f"TensorFlow or Keras {version} (`import tensorflow` / `import keras`) was "
+            "imported before xnor_larq without TF_USE_LEGACY_KERAS=1, so TensorFlow serves "
+            "Keras 3, and Larq's layers are Keras 2 layers. In code that uses Larq or "
+            "xnor_larq layers, use `tf.keras` (after `import xnor_larq`) instead of "
+            "standalone `keras`."
         )
+    return (
+        "TensorFlow was imported before xnor_larq without TF_USE_LEGACY_KERAS=1, so it "
+        "serves Keras 3."
+    )
 
 
 def check_keras_version() -> None:
     """Fail clearly if ``tf.keras`` still is not Keras 2 after ensure_legacy_keras."""
     import tensorflow as tf
 
+    tf_minor = ".".join(tf.__version__.split(".")[:2])
     module = tf.keras.layers.Layer.__module__
     if not module.startswith("tf_keras"):
         raise ImportError(
             f"`tf.keras` comes from {module.split('.')[0]!r}, not from Keras 2's "
-            "`tf_keras` (is `tf-keras` installed? "
-            f"`pip install tf-keras==2.19.0`). {_HOW_TO_FIX}"
+            "`tf_keras` (is `tf-keras` installed? It must match TensorFlow's minor "
+            f"version: `pip install 'tf-keras~={tf_minor}.0'`). {_HOW_TO_FIX}"
+        )
+    import tf_keras
+
+    keras_minor = ".".join(tf_keras.__version__.split(".")[:2])
+    if keras_minor != tf_minor:
+        raise ImportError(
+            f"tf-keras {tf_keras.__version__} does not match TensorFlow {tf.__version__}: "
+            f"tf-keras must have TensorFlow's minor version. Fix: "
+            f"`pip install 'tf-keras~={tf_minor}.0'`."
         )

@@ -912,7 +912,7 @@ def _box_mean(
 def input_scaling_map(
     x, kernel_size, *, strides=(1, 1), dilation_rate=(1, 1), padding="valid", channel_mean=None
 ):
-    """XNOR-Net's K (SPEC.md §3) as ``(N, H', W')``: box mean of ``mean_c |x|``.
+    """XNOR-Net's K (docs/MATH.md §3) as ``(N, H', W')``: box mean of ``mean_c |x|``.
 
     ``channel_mean`` (``mean_c |x|``, e.g. from :func:`pack_channels`) saves a pass.
     """

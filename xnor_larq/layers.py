@@ -1,6 +1,6 @@
 """XNOR-Net's scaled binary layers: Larq layers times the input scale K (or β).
 
-``ScaledQuantConv2D`` computes, for a real input ``I`` (SPEC.md §3)::
+``ScaledQuantConv2D`` computes, for a real input ``I`` (docs/MATH.md §3)::
 
     A = mean_c |I|,   K = A ∗ k  (k = 1/(kh·kw), the layer's strides/padding/dilation)
     output = (sign(I) ⊛ α·sign(W)) ⊙ K  (+ bias, then activation)
@@ -128,7 +128,7 @@ class ScaledQuantConv2D(_InputScaled, lq.layers.QuantConv2D):
             backward pass of K's box filter; set True for the Theano variant.
 
     Only ``data_format="channels_last"`` and ``groups=1`` are supported. With
-    ``padding="same"``, K always pads with zeros (SPEC.md §3), whatever
+    ``padding="same"``, K always pads with zeros (docs/MATH.md §3), whatever
     ``pad_values`` the binary convolution uses.
 
     Example::

@@ -1,7 +1,7 @@
 """Quantizers of the XNOR-Net family, as Larq quantizers.
 
 Each quantizer is a pure function with a ``tf.custom_gradient`` (the math of
-SPEC.md §1–2) plus a thin Larq ``Quantizer`` subclass that holds its
+docs/MATH.md §1–2) plus a thin Larq ``Quantizer`` subclass that holds its
 arguments, so that string names work in any Larq layer::
 
     lq.layers.QuantConv2D(64, 3, kernel_quantizer="scaled_sign",
@@ -26,7 +26,7 @@ __all__ = [
     "stochastic_sign",
 ]
 
-#: The three backward passes of the scaled sign (SPEC.md §1).
+#: The three backward passes of the scaled sign (docs/MATH.md §1).
 BACKWARD_MODES = ("paper", "exact", "ste")
 
 
@@ -170,7 +170,7 @@ class ScaledSign(_BaseQuantizer):
         per_channel: one ``α`` per output channel (the last axis, the paper's
             choice) if True, one ``α`` for the whole tensor if False.
         backward: ``"paper"`` (default), ``"exact"`` or ``"ste"``; see
-            :func:`scaled_sign` and SPEC.md §1.
+            :func:`scaled_sign` and docs/MATH.md §1.
         clip_value: the straight-through estimator's clip ``c``; gradients of
             weights with ``|W| > c`` vanish (the α-part of ``paper``/``exact``
             excepted). ``None`` disables clipping.

@@ -1,4 +1,4 @@
-"""Building blocks in XNOR-Net's order (SPEC.md §4): BN → binarize → conv → pool."""
+"""Building blocks in XNOR-Net's order (docs/MATH.md §4): BN → binarize → conv → pool."""
 
 from __future__ import annotations
 

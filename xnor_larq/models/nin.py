@@ -28,7 +28,7 @@ def nin(
     global average. Seven binary layers, each BN → binarize → conv → ReLU.
 
     Reference CIFAR-10 accuracy: 86.28% XNOR-Net vs 89.67% full precision
-    (the PyTorch reimplementation; SPEC.md §6).
+    (the PyTorch reimplementation; docs/MATH.md §6).
     """
     kwargs = layer_kwargs(
         mode, input_scaling=input_scaling, stochastic=stochastic, seed=seed, **quantizer_options
