@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade "pip>=23"
 # constraints.txt pins every package, transitive ones included.
-.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test,export,fast]"
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test,export,fast,zoo,bench]"
 
 FMNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 if [ ! -f "$FMNIST" ] && command -v apt-get >/dev/null 2>&1; then

@@ -1,6 +1,7 @@
 """The command line: clear errors for bad input, evaluate, bench."""
 
 import json
+import os
 
 import pytest
 
@@ -174,3 +175,21 @@ def test_stochastic_flag_takes_an_optional_target(capsys):
 def test_bench_refuses_its_own_json_flag(tmp_path):
     with pytest.raises(SystemExit, match="drop --json"):
         cli.main(["bench", "size", "--results-dir", str(tmp_path), "--json", "x.json"])
+
+
+def test_the_command_line_is_quiet_unless_verbose(tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TF_CONFIG")}
+    result = subprocess.run(
+        [sys.executable, "-m", "xnor_larq.cli", "train", "--dataset", "synthetic",
+         "--train-subset", "64", "--batch-size", "32", "--epochs", "1",
+         "--output-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    cpp_log = re.compile(r"^([EWI]\d{4} \d\d:\d\d|\d{4}-\d\d-\d\d [\d:.]+: [EWI] )", re.M)
+    assert not cpp_log.search(result.stderr), result.stderr[:2000]
+    assert "test accuracy:" in result.stdout

@@ -9,7 +9,11 @@ from ._keras2 import check_keras_version, ensure_legacy_keras
 
 ensure_legacy_keras()
 
-import larq  # noqa: E402  (must follow ensure_legacy_keras)
+from ._startup import quiet_tensorflow_import  # noqa: E402
+
+with quiet_tensorflow_import():
+    import larq  # noqa: E402,F401  (must follow ensure_legacy_keras)
+    import tensorflow  # noqa: E402,F401
 
 check_keras_version()
 

@@ -12,7 +12,6 @@ import json
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _optional_float(text):
@@ -40,6 +39,12 @@ def build_parser():
 
     defaults = TrainConfig()
     parser = argparse.ArgumentParser(prog="xnor-larq", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show TensorFlow's C++ log lines (hidden below errors by default)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train (or resume) a model, print its test accuracy")
@@ -332,7 +337,8 @@ def _bench(args):
 
 
 def main(argv=None):
-    import xnor_larq  # noqa: F401  (Keras 2 before TensorFlow)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    import xnor_larq  # noqa: F401  (Keras 2 before TensorFlow; quiet, see _startup)
     from xnor_larq.data import CorruptDataError, DatasetNotFoundError
 
     args = build_parser().parse_args(argv)

@@ -36,7 +36,14 @@ def zoo_builder(class_name: str):
             )
         if unsupported:
             raise ValueError(f"Larq Zoo's {class_name} takes no {sorted(unsupported)}")
-        import larq_zoo
+        try:
+            import larq_zoo
+        except ImportError as error:
+            raise ImportError(
+                f"zoo:{class_name} needs Larq Zoo, an optional extra: "
+                "`pip install 'xnor_larq[zoo]'` (it pins protobuf < 3.21, so TensorFlow "
+                f"2.19 at most). ({error})"
+            ) from error
 
         model = getattr(larq_zoo.literature, class_name)(
             input_shape=tuple(input_shape), weights=None, num_classes=num_classes
