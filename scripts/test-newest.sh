@@ -6,7 +6,24 @@
 # model, training and inference tests. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON_NEWEST:-python3.12}
+find_python312() {
+  for candidate in "${PYTHON_NEWEST:-}" python3.12; do
+    if [ -n "$candidate" ] && "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null; then
+      echo "$candidate"; return 0
+    fi
+  done
+  if command -v pyenv >/dev/null 2>&1; then
+    local version
+    version=$(pyenv versions --bare 2>/dev/null | grep -E '^3\.12(\.|$)' | tail -1 || true)
+    if [ -n "$version" ]; then echo "$(pyenv root)/versions/$version/bin/python3.12"; return 0; fi
+  fi
+  return 1
+}
+if ! PYTHON=$(find_python312); then
+  echo "scripts/test-newest.sh needs Python 3.12 (apt-get install python3.12, or pyenv install 3.12);" \
+       "set PYTHON_NEWEST to its path, or XNOR_LARQ_STACKS=pinned to skip this stack." >&2
+  exit 2
+fi
 VENV=.venv-newest
 rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"

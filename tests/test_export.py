@@ -1,11 +1,10 @@
 """Export to Larq Compute Engine: the dense rewrite, sizes, and agreement with Keras."""
 
 import larq as lq
-import larq_compute_engine as lce
 import numpy as np
 import pytest
 import tensorflow as tf
-from references import EXTRA, SMALL_INPUTS
+from references import EXTRA, SMALL_INPUTS, with_trained_like_batch_norm
 
 from xnor_larq import models
 from xnor_larq.export import (
@@ -15,27 +14,7 @@ from xnor_larq.export import (
     lce_compatible,
 )
 
-
-def with_trained_like_batch_norm(model, seed=1):
-    """Give every BatchNormalization non-trivial statistics, as training would.
-
-    An untrained model's BN is the identity, so integer binary-conv sums hit 0
-    exactly and sign(0) ties decide the output; LCE may break such ties
-    differently from TensorFlow (seen on BinaryNet VGG: every top-1 differed).
-    """
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, tf.keras.layers.BatchNormalization):
-            gamma, beta, mean, variance = layer.get_weights()
-            layer.set_weights(
-                [
-                    rng.uniform(0.5, 2, gamma.shape),
-                    rng.normal(size=beta.shape),
-                    rng.normal(size=mean.shape),
-                    rng.uniform(0.5, 2, variance.shape),
-                ]
-            )
-    return model
+lce = pytest.importorskip("larq_compute_engine", reason="the export extra is not installed")
 
 
 @pytest.mark.parametrize("mode", ["xnor", "bnn", "larq", "bwn"])

@@ -4,8 +4,7 @@ import larq as lq
 import numpy as np
 import pytest
 import tensorflow as tf
-from references import EXTRA, SMALL_INPUTS
-from test_export import with_trained_like_batch_norm
+from references import EXTRA, SMALL_INPUTS, with_trained_like_batch_norm
 
 from xnor_larq import ScaledQuantConv2D, ScaledQuantDense, inference, models
 from xnor_larq.inference import BinaryLayer, UnsupportedLayerError

@@ -85,6 +85,7 @@ def test_unknown_model_lists_the_choices():
 
 @pytest.mark.parametrize("name,size", [("zoo:XNORNet", 224), ("zoo:BinaryResNetE18", 64)])
 def test_larq_zoo_baselines_build_without_download(name, size, tmp_path):
+    pytest.importorskip("larq_zoo", reason="the zoo extra is not installed")
     shape = (size, size, 3)
     model = models.get_builder(name)(num_classes=7, input_shape=shape)
     assert model.output_shape[-1] == 7
