@@ -515,7 +515,12 @@ def _check_resumable(config: TrainConfig, path: Path):
 def _restore_latest_readable(checkpoint, manager):
     """Restore the newest checkpoint that reads back; warn about each one that does not
     (a truncated file after a crash), and stop if none does."""
-    for path in reversed(manager.checkpoints):
+    paths = list(manager.checkpoints)
+    # A state file written without timestamps lists nothing in `checkpoints`
+    # (TensorFlow keeps only paths newer than the last preserved one).
+    if manager.latest_checkpoint and manager.latest_checkpoint not in paths:
+        paths.append(manager.latest_checkpoint)
+    for path in reversed(paths):
         try:
             checkpoint.restore(path).expect_partial()
             return path
@@ -525,9 +530,9 @@ def _restore_latest_readable(checkpoint, manager):
                 f"{str(error).strip().splitlines()[0][:160]}); trying the one before it",
                 file=sys.stderr,
             )
-    if manager.checkpoints:
+    if paths:
         raise ValueError(
-            f"no checkpoint in {manager.directory} can be read ({', '.join(manager.checkpoints)}); "
+            f"no checkpoint in {manager.directory} can be read ({', '.join(paths)}); "
             "delete that folder to start the run over"
         )
     return None
