@@ -37,7 +37,8 @@ def test_installing_the_project_changes_no_installed_tensorflow_stack(tmp_path):
 def test_the_sdist_ships_runnable_tests(tmp_path):
     build = pytest.importorskip("build")  # noqa: F841
     result = subprocess.run(
-        [sys.executable, "-m", "build", "--sdist", "--outdir", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", str(tmp_path),
+         str(ROOT)],
         capture_output=True, text=True, timeout=600,
     )
     if result.returncode != 0 and "Could not find" in result.stderr + result.stdout:
@@ -50,3 +51,15 @@ def test_the_sdist_ships_runnable_tests(tmp_path):
     for needed in ("tests/conftest.py", "tests/references.py", "tests/formats.py",
                    "docs/MATH.md", "constraints.txt"):
         assert needed in names, needed
+    assert list(tmp_path.glob("xnor_larq-*.whl"))
+    # the sdist's own tests run from the unpacked sdist (its package, not this checkout's)
+    with tarfile.open(sdist) as archive:
+        archive.extractall(tmp_path / "unpacked", filter="data")
+    (unpacked,) = (tmp_path / "unpacked").iterdir()
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
+         "tests/test_power_of_two.py", "tests/test_quantizers.py"],
+        cwd=unpacked, capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "passed" in run.stdout

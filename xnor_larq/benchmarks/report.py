@@ -44,7 +44,11 @@ def _machine(result):
 
 def _plots(results_dir, accuracy, speed):
     os.environ.setdefault("MPLBACKEND", "Agg")
-    import matplotlib.pyplot as plt
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: no plots (matplotlib is missing: pip install 'xnor_larq[bench]')")
+        return []
 
     written = []
     if accuracy:
