@@ -8,31 +8,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from formats import jpeg, write_cifar, write_idx_dataset
+
 from xnor_larq import data
 from xnor_larq.data import cifar, imagenet, mnist
 
 # --- idx (MNIST, Fashion-MNIST) ---------------------------------------------
 
 
-def write_idx(path, array):
-    array = np.asarray(array, np.uint8)
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.tobytes())
-
-
 @pytest.fixture
 def idx_dir(tmp_path, rng, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
-    arrays = {}
-    for split, (images_file, labels_file) in mnist.FILES.items():
-        n = 12 if split == "train" else 5
-        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-        labels = rng.integers(0, 10, size=n)
-        write_idx(tmp_path / images_file, images)
-        write_idx(tmp_path / labels_file, labels)
-        arrays[split] = (images, labels)
-    return tmp_path, arrays
+    return tmp_path, write_idx_dataset(tmp_path, rng)
 
 
 def test_idx_loader_reads_the_files(idx_dir):
@@ -83,29 +70,6 @@ def test_missing_dataset_names_the_places_searched(tmp_path, monkeypatch):
 
 
 # --- CIFAR ------------------------------------------------------------------
-
-
-def write_cifar(directory, name, rng, per_batch=6):
-    layout = cifar._LAYOUT[name]
-    folder = directory / layout["folder"]
-    folder.mkdir(parents=True)
-    written = {}
-    for split in ("train", "test"):
-        for filename in layout[split]:
-            pixels = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
-            labels = rng.integers(0, layout["classes"], size=per_batch).tolist()
-            batch = {
-                b"batch_label": b"testing batch",
-                b"data": pixels,
-                layout["label_key"]: labels,
-                b"filenames": [f"img_{i}.png".encode() for i in range(per_batch)],
-            }
-            if name == "cifar100":
-                batch[b"coarse_labels"] = [0] * per_batch
-            with open(folder / filename, "wb") as f:
-                pickle.dump(batch, f, protocol=2)
-            written[filename] = (pixels, labels)
-    return folder, written
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
@@ -160,11 +124,6 @@ def test_cifar_missing_names_the_places(tmp_path, monkeypatch):
 # --- ImageNet ---------------------------------------------------------------
 
 COLOURS = {"n01440764": (200, 30, 30), "n01443537": (30, 200, 30), "n01484850": (30, 30, 200)}
-
-
-def jpeg(colour, height=40, width=50):
-    image = np.broadcast_to(np.array(colour, np.uint8), (height, width, 3))
-    return tf.io.encode_jpeg(image, quality=100).numpy()
 
 
 def expected_normalized(colour):

@@ -84,17 +84,21 @@ def test_get_config_round_trip_and_bad_arguments():
         ShiftBatchNormalization(axis=3)(tf.zeros((2, 3)))
 
 
+def _conv_shift_bn_dense():
+    return tf.keras.Sequential(
+        [
+            tf.keras.Input((4, 4, 3)),
+            tf.keras.layers.Conv2D(5, 3, padding="same", use_bias=False),
+            ShiftBatchNormalization(momentum=0.5),
+            tf.keras.layers.Flatten(),
+            tf.keras.layers.Dense(3),
+        ]
+    )
+
+
 def _one_sgd_step(strategy, x, y, seed_weights):
     with strategy.scope():
-        model = tf.keras.Sequential(
-            [
-                tf.keras.Input((4, 4, 3)),
-                tf.keras.layers.Conv2D(5, 3, padding="same", use_bias=False),
-                ShiftBatchNormalization(momentum=0.5),
-                tf.keras.layers.Flatten(),
-                tf.keras.layers.Dense(3),
-            ]
-        )
+        model = _conv_shift_bn_dense()
         model.set_weights(seed_weights)
         model.compile(tf.keras.optimizers.SGD(0.5), "mse")
     model.fit(x, y, batch_size=len(x), epochs=1, verbose=0, shuffle=False)
@@ -107,16 +111,7 @@ def test_two_replicas_normalize_with_the_global_batch(mirrored_strategy, rng):
     x = rng.normal(size=(16, 4, 4, 3)).astype("float32")
     x[8:] = x[8:] * 3 + 2
     y = rng.normal(size=(16, 3)).astype("float32")
-    template = tf.keras.Sequential(
-        [
-            tf.keras.Input((4, 4, 3)),
-            tf.keras.layers.Conv2D(5, 3, padding="same", use_bias=False),
-            ShiftBatchNormalization(momentum=0.5),
-            tf.keras.layers.Flatten(),
-            tf.keras.layers.Dense(3),
-        ]
-    )
-    weights = template.get_weights()
+    weights = _conv_shift_bn_dense().get_weights()
     one = _one_sgd_step(tf.distribute.OneDeviceStrategy("/cpu:0"), x, y, weights)
     two = _one_sgd_step(mirrored_strategy, x, y, weights)
     assert any("moving_variance" in name for name in one)

@@ -1,7 +1,6 @@
 """xnor_larq.training where users run it: every dataset kind, replicas, workers,
 mid-epoch kills, mixed precision and XLA, the recipe knobs."""
 
-import csv
 import json
 import os
 import subprocess
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from formats import write_cifar, write_idx_dataset, write_image_folder, write_tfrecords
+from test_training import read_history, synthetic_config
 
 from xnor_larq import data, training
 from xnor_larq.recipes import PlannedSchedule, SparseCrossEntropy
@@ -18,22 +18,7 @@ from xnor_larq.recipes import PlannedSchedule, SparseCrossEntropy
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-def read_history(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def config(tmp_path, **overrides):
-    settings = dict(
-        dataset="synthetic",
-        epochs=1,
-        batch_size=32,
-        train_subset=256,
-        output_dir=str(tmp_path / "run"),
-        seed=5,
-    )
-    settings.update(overrides)
-    return training.TrainConfig(**settings)
+config = synthetic_config  # synthetic data, 256 images, batch 32, seed 5
 
 
 @pytest.fixture

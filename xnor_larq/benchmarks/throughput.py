@@ -31,19 +31,19 @@ SETTINGS = {
 }
 
 
-class _Timer:
-    def __init__(self, warmup):
-        import tensorflow as tf
+def _window_timer(warmup):
+    """A callback that records the time after ``warmup`` batches and at the end."""
+    import tensorflow as tf
 
-        class Callback(tf.keras.callbacks.Callback):
-            def on_train_batch_end(inner, batch, logs=None):  # noqa: N805
-                if batch + 1 == warmup:
-                    self.start = time.perf_counter()
+    class WindowTimer(tf.keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch + 1 == warmup:
+                self.start = time.perf_counter()
 
-            def on_train_end(inner, logs=None):  # noqa: N805
-                self.end = time.perf_counter()
+        def on_train_end(self, logs=None):
+            self.end = time.perf_counter()
 
-        self.callback = Callback()
+    return WindowTimer()
 
 
 def measure(model_name, mode, *, replicas, precision, jit_compile, batch_per_replica, steps,
@@ -76,9 +76,8 @@ def measure(model_name, mode, *, replicas, precision, jit_compile, batch_per_rep
     dataset = tf.data.Dataset.from_tensors((x, y)).repeat().prefetch(2)
     rates = []
     for _ in range(repeats):
-        timer = _Timer(warmup)
-        model.fit(dataset, steps_per_epoch=warmup + steps, epochs=1, verbose=0,
-                  callbacks=[timer.callback])
+        timer = _window_timer(warmup)
+        model.fit(dataset, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[timer])
         rates.append(steps * global_batch / (timer.end - timer.start))
     return statistics.median(rates) / len(chosen), len(chosen)
 

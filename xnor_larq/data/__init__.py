@@ -41,18 +41,27 @@ def evaluation_dataset(source, **kwargs):
     return pipeline.evaluation_dataset(source, **kwargs)
 
 
+def simple_training_dataset(source, *, batch_size, seed=0, uint8=False):
+    """One epoch of ``(image, label)`` training batches of ``source``."""
+    return training_dataset(
+        source, global_batch=batch_size, steps_per_epoch=source.size // batch_size, epochs=1,
+        seed=seed, uint8=uint8,
+    )
+
+
+def simple_evaluation_dataset(source, *, batch_size, uint8=False):
+    """The whole of ``source`` as ``(image, label)`` batches, unpadded."""
+    dataset = evaluation_dataset(source, global_batch=batch_size, uint8=uint8)
+    dataset = dataset.unbatch().filter(lambda x, y, w: w > 0).map(lambda x, y, w: (x, y))
+    return dataset.batch(batch_size)
+
+
 def as_datasets(train_source, test_source, *, batch_size, eval_batch_size=None, seed=0):
     """One epoch of float ``(image, label)`` batches each: the simple view of two sources."""
-    train = training_dataset(
-        train_source,
-        global_batch=batch_size,
-        steps_per_epoch=train_source.size // batch_size,
-        epochs=1,
-        seed=seed,
+    return (
+        simple_training_dataset(train_source, batch_size=batch_size, seed=seed),
+        simple_evaluation_dataset(test_source, batch_size=eval_batch_size or batch_size),
     )
-    test = evaluation_dataset(test_source, global_batch=eval_batch_size or batch_size)
-    test = test.unbatch().filter(lambda x, y, w: w > 0).map(lambda x, y, w: (x, y))
-    return train, test.batch(eval_batch_size or batch_size)
 
 
 @dataclass
@@ -91,18 +100,15 @@ class DataSpec:
 
     @property
     def train(self):
-        return as_datasets(
-            self.train_source, self.test_source, batch_size=self.batch_size, seed=self.seed
-        )[0]
+        return simple_training_dataset(
+            self.train_source, batch_size=self.batch_size, seed=self.seed
+        )
 
     @property
     def test(self):
-        return as_datasets(
-            self.train_source,
-            self.test_source,
-            batch_size=self.batch_size,
-            eval_batch_size=self.eval_batch_size,
-        )[1]
+        return simple_evaluation_dataset(
+            self.test_source, batch_size=self.eval_batch_size or self.batch_size
+        )
 
 
 def load_dataset(

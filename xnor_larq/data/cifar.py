@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CorruptDataError, DatasetNotFoundError
+from .errors import CorruptDataError, DatasetNotFoundError, check_labels
 
 _LAYOUT = {
     "cifar10": {
@@ -102,13 +102,7 @@ def _split(directory: Path, files, label_key, classes):
             )
         if len(batch_labels) != len(data):
             raise CorruptDataError(f"{path}: {len(data)} images but {len(batch_labels)} labels")
-        bad = (batch_labels < 0) | (batch_labels >= classes)
-        if bad.any():
-            first = int(np.flatnonzero(bad)[0])
-            raise CorruptDataError(
-                f"{path}: label {int(batch_labels[first])} at index {first} is outside "
-                f"0..{classes - 1} ({int(bad.sum())} such labels)"
-            )
+        check_labels(batch_labels, classes, path)
         # Stored as channel planes (n, 3, 32, 32); Keras and we want NHWC.
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(batch_labels)

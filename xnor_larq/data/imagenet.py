@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from .errors import BAD_DATA, CorruptDataError, DatasetNotFoundError
-from .pipeline import InputLayout, Source, element_seed, evaluation_dataset, training_dataset
+from .pipeline import InputLayout, Source, _output, element_seed
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255.0
@@ -233,21 +233,15 @@ def image_folder_dataset(
     uint8=False,
 ):
     """One epoch of batches over an ImageFolder split, and its class names."""
+    from . import simple_evaluation_dataset, simple_training_dataset
+
     paths, labels, class_names = list_image_folder(split_dir, class_names)
     source = folder_source(paths, labels, image_size=image_size, description=str(split_dir))
     if training:
-        dataset = training_dataset(
-            source,
-            global_batch=batch_size,
-            steps_per_epoch=source.size // batch_size,
-            epochs=1,
-            seed=seed or 0,
-            uint8=uint8,
-        )
+        dataset = simple_training_dataset(source, batch_size=batch_size, seed=seed or 0,
+                                          uint8=uint8)
     else:
-        dataset = evaluation_dataset(source, global_batch=batch_size, uint8=uint8)
-        dataset = dataset.unbatch().filter(lambda x, y, w: w > 0).map(lambda x, y, w: (x, y))
-        dataset = dataset.batch(batch_size)
+        dataset = simple_evaluation_dataset(source, batch_size=batch_size, uint8=uint8)
     return dataset, class_names
 
 
@@ -457,13 +451,6 @@ def _shuffled(chunk, seed):
     )
 
 
-def _output(source, image, label, uint8, *extra):
-    image = tf.ensure_shape(image, source.image_shape)
-    if not uint8:
-        image = source.normalize(image)
-    return (image, label, *extra)
-
-
 def tfrecord_dataset(
     pattern,
     *,
@@ -475,18 +462,12 @@ def tfrecord_dataset(
     uint8=False,
 ):
     """One epoch of batches over TFRecord shards matching ``pattern``."""
+    from . import simple_evaluation_dataset, simple_training_dataset
+
     shards = TFRecordShards(pattern, image_size=image_size, label_offset=label_offset)
     if training:
-        return shards.training_dataset(
-            global_batch=batch_size,
-            steps_per_epoch=shards.size // batch_size,
-            epochs=1,
-            seed=seed or 0,
-            uint8=uint8,
-        )
-    dataset = shards.evaluation_dataset(global_batch=batch_size, uint8=uint8)
-    dataset = dataset.unbatch().filter(lambda x, y, w: w > 0).map(lambda x, y, w: (x, y))
-    return dataset.batch(batch_size)
+        return simple_training_dataset(shards, batch_size=batch_size, seed=seed or 0, uint8=uint8)
+    return simple_evaluation_dataset(shards, batch_size=batch_size, uint8=uint8)
 
 
 def imagenet_sources(data_dir, *, image_size=224, label_offset=1, augment=None, train_subset=0,

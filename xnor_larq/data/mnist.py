@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CorruptDataError, DatasetNotFoundError
+from .errors import CorruptDataError, DatasetNotFoundError, check_labels
 
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -100,14 +100,12 @@ def load_idx_dataset(name: str = "fashion_mnist", data_dir=None, download: bool 
                     f"{directory / images_file} and {directory / labels_file}: expected "
                     f"(n, h, w) images and n labels, got {images.shape} and {labels.shape}"
                 )
-            bad = (labels < 0) | (labels >= NUM_CLASSES)
-            if bad.any():
-                first = int(np.flatnonzero(bad)[0])
-                raise CorruptDataError(
-                    f"{directory / labels_file}: label {int(labels[first])} at index {first} is "
-                    f"outside 0..{NUM_CLASSES - 1} ({int(bad.sum())} such labels); the file is "
-                    "corrupt or of another dataset"
-                )
+            check_labels(
+                labels,
+                NUM_CLASSES,
+                directory / labels_file,
+                "; the file is corrupt or of another dataset",
+            )
             splits.append((images, labels))
         return tuple(splits)
 
