@@ -261,11 +261,8 @@ def check_devices(devices):
     """Every --devices entry names a device TensorFlow sees here."""
     if not devices:
         return
-    visible = tf.config.list_logical_devices()
-    known = {
-        (tf.DeviceSpec.from_string(d.name).device_type, tf.DeviceSpec.from_string(d.name).device_index)
-        for d in visible
-    }
+    specs = [tf.DeviceSpec.from_string(d.name) for d in tf.config.list_logical_devices()]
+    known = {(spec.device_type, spec.device_index) for spec in specs}
     for name in devices:
         try:
             spec = tf.DeviceSpec.from_string(name)
@@ -693,6 +690,7 @@ def train(config: TrainConfig, verbose=None) -> dict:
     output = Path(config.output_dir)
     if not chief:  # other workers write to a private scratch folder
         output = output / ".workers" / f"worker-{strategy.cluster_resolver.task_id}"
+    _check_resumable(config, output / "config.json")  # before the data: it may take long
 
     spec = data_lib.load_dataset(
         config.dataset,
@@ -741,7 +739,6 @@ def train(config: TrainConfig, verbose=None) -> dict:
 
     # Everything is checked and built: only now does the output folder get files.
     output.mkdir(parents=True, exist_ok=True)
-    _check_resumable(config, output / "config.json")
     _check_plan(plan, output / "plan.json", config.output_dir)
     write_json(output / "config.json", asdict(config))
     write_json(output / "plan.json", plan)
