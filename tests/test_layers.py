@@ -252,3 +252,23 @@ def test_get_config_round_trip():
     assert clone.kernel_quantizer.backward == "exact"
     dense = ScaledQuantDense(3, input_quantizer="stochastic_sign")
     assert ScaledQuantDense.from_config(dense.get_config()).get_config() == dense.get_config()
+
+
+def test_input_normalization_matches_numpy_and_survives_save_load(tmp_path, rng):
+    from xnor_larq.layers import InputNormalization
+    from xnor_larq.models import small_cnn
+
+    mean, std = [10.0, 20.0, 30.0], [2.0, 4.0, 5.0]
+    layer = InputNormalization(mean, std)
+    x = rng.integers(0, 256, size=(2, 3, 3, 3), dtype=np.uint8)
+    np.testing.assert_allclose(layer(x).numpy(), (x - np.array(mean)) / np.array(std), rtol=1e-6)
+    assert InputNormalization.from_config(layer.get_config()).get_config() == layer.get_config()
+    with pytest.raises(ValueError, match="`std` must be positive"):
+        InputNormalization([0.0], [0.0])
+    model = small_cnn(mode="xnor", width=8, input_shape=(28, 28, 3),
+                      input_normalization=(mean, std))
+    assert model.inputs[0].dtype == tf.uint8
+    model.save(tmp_path / "m.keras")
+    loaded = tf.keras.models.load_model(tmp_path / "m.keras")
+    images = rng.integers(0, 256, size=(2, 28, 28, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(loaded(images).numpy(), model(images).numpy())
